@@ -1,0 +1,3 @@
+"""SecurePACS: a secure cloud DICOM archive built on Orthanc."""
+
+__version__ = "0.1.0"

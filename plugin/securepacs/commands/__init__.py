@@ -1,0 +1,1 @@
+"""Subcommands of ``securepacs``: thin argument parsing over the service modules."""

@@ -1,0 +1,118 @@
+"""``securepacs clinic add|list|revoke``: enrol clinics and hand them their certificate bundle."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import shlex
+
+from securepacs import clinics
+from securepacs import settings as settings_mod
+from securepacs.commands.pki_cmd import guarded, open_store
+from securepacs.pki import ClinicBundle, Pki
+from securepacs.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    clinic = subparsers.add_parser("clinic", help="enrol, list and revoke clinics",
+                                   description="Clinics, their AE titles and client certificates.")
+    ops = clinic.add_subparsers(dest="clinic_command", required=True, metavar="ACTION")
+
+    p = ops.add_parser("add", help="enrol a clinic and write its certificate bundle")
+    p.add_argument("name", metavar="NAME", help="clinic name: letters, digits, '.', '_', '-' (max 64)")
+    p.add_argument("--aet", action="append", required=True, metavar="AET",
+                   help="an AE title the clinic's devices use; repeatable")
+    p.add_argument("--host", metavar="HOST", help="C-MOVE destination host of the clinic (with --port)")
+    p.add_argument("--port", type=int, metavar="PORT", help="C-MOVE destination port of the clinic (with --host)")
+    p.add_argument("--days", type=int, default=365, metavar="N", help="certificate lifetime in days (default 365)")
+    p.set_defaults(func=guarded(_add))
+
+    p = ops.add_parser("list", help="table of clinics, AE titles, status and certificate expiry")
+    p.set_defaults(func=guarded(_list))
+
+    p = ops.add_parser("revoke", help="revoke a clinic: unregister its AE titles, list its certificate in the CRL")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=guarded(_revoke))
+
+
+def _example_host(settings: Settings) -> str:
+    # The first name a remote clinic can reach: skip loopback names and addresses when there are others.
+    for host in settings.hostnames:
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return host
+        except ValueError:
+            if host != "localhost":
+                return host
+    return settings.hostnames[0]
+
+
+def _print_bundle(bundle: ClinicBundle, aets: tuple[str, ...], settings: Settings) -> None:
+    q = shlex.quote
+    print(f"Bundle directory: {bundle.directory}")
+    print(f"  {bundle.key_path.name:<16} private key (PEM, unencrypted): keep secret")
+    print(f"  {bundle.cert_path.name:<16} client certificate (PEM), serial {bundle.serial}")
+    print(f"  {bundle.ca_path.name:<16} SecurePACS CA certificate: trust anchor for the server (PEM)")
+    print(f"  {bundle.p12_path.name:<16} key + certificate + CA as PKCS#12, for devices that import one file")
+    print(f"  {bundle.p12_pass_path.name:<16} passphrase of {bundle.p12_path.name} (read it from this file; "
+          "it is not shown here)")
+    print(f"Certificate valid until {bundle.not_after:%Y-%m-%d} UTC; SHA-256 fingerprint {bundle.fingerprint}")
+    print("Give the directory to the clinic over a secure channel (not e-mail), then test the connection:")
+    host, port = _example_host(settings), str(settings.dicom_port)
+    key, cert, ca = (q(str(p)) for p in (bundle.key_path, bundle.cert_path, bundle.ca_path))
+    aet, aec = q(aets[0]), q(settings.aet)
+    print(f"  echoscu +tls {key} {cert} +cf {ca} -aet {aet} -aec {aec} {q(host)} {port}")
+    print(f"  securepacs client echo -aet {aet} -aec {aec} --cert {cert} --key {key} --ca {ca} {q(host)} {port}")
+
+
+def _add(args: argparse.Namespace) -> int:
+    settings = settings_mod.from_env()
+    pki = Pki(settings.certs_dir)
+    store = open_store(settings.store_path)
+    try:
+        clinic, bundle = clinics.enrol(store, pki, args.name, args.aet, args.host, args.port, args.days,
+                                       reserved_aets=(settings.aet,))
+    finally:
+        store.close()
+    print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
+    _print_bundle(bundle, clinic.aets, settings)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = settings_mod.from_env()
+    store = open_store(settings.store_path)
+    try:
+        rows = clinics.list_clinics(store)
+    finally:
+        store.close()
+    if not rows:
+        print("no clinics enrolled (add one with `securepacs clinic add NAME --aet AET`)")
+        return 0
+    table = [("NAME", "AE TITLES", "STATUS", "EXPIRES", "DAYS LEFT")]
+    for r in rows:
+        expires = f"{r.expires:%Y-%m-%d}" if r.expires else "-"
+        days = str(r.days_left) if r.days_left is not None else "-"
+        table.append((r.clinic, ",".join(r.aets), r.status, expires, days))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    settings = settings_mod.from_env()
+    pki = Pki(settings.certs_dir)
+    store = open_store(settings.store_path)
+    try:
+        aets = store.get_clinic(clinics.validate_clinic_name(args.name)).aets
+        serials = clinics.revoke(store, pki, args.name)
+    finally:
+        store.close()
+    print(f"Revoked clinic {args.name!r} (certificate serial(s): {', '.join(serials) or 'none'}).")
+    print(f"- Orthanc: the SecurePACS plugin unregisters AE title(s) {', '.join(aets)} within a few seconds; "
+          "associations from them are refused from then on.")
+    print(f"- CRL: written to {pki.crl_path}; the TLS gateway rejects the certificate once it is deployed.")
+    print("- Until then: Orthanc 1.10.1 cannot check CRLs, so a TLS handshake with this certificate still "
+          "succeeds; only the AE titles are refused.")
+    return 0

@@ -1,0 +1,154 @@
+"""Run Orthanc (with the plugin) and nginx in the foreground until Ctrl-C, stopping both cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from securepacs.deploy import Prepared
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 90.0
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def _orthanc_cmd(p: Prepared) -> list[str]:
+    return ["Orthanc", str(p.config_dir)]
+
+
+def _nginx_cmd(p: Prepared) -> list[str]:
+    return ["nginx", "-e", "stderr", "-p", str(p.nginx_conf.parent), "-c", str(p.nginx_conf), "-g", "daemon off;"]
+
+
+def check_nginx_config(p: Prepared) -> None:
+    res = subprocess.run([*_nginx_cmd(p)[:-2], "-t"], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise LaunchError(f"nginx rejected {p.nginx_conf}: {res.stderr.strip()}")
+
+
+def _health(url: str, context: ssl.SSLContext | None = None) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310 (fixed local URL)
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_healthy(url: str, procs: list[subprocess.Popen], timeout: float = STARTUP_TIMEOUT,
+                 context: ssl.SSLContext | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise LaunchError(f"{proc.args[0]} exited with status {proc.returncode} during start-up "
+                                  "(see its log above)")
+        report = _health(url, context)
+        if report and report.get("status") == "ok":
+            return report
+        time.sleep(0.3)
+    raise LaunchError(f"{url} did not report healthy within {timeout:.0f} s")
+
+
+class Archive:
+    """Orthanc + nginx as child processes."""
+
+    def __init__(self, prepared: Prepared):
+        self.p = prepared
+        self.orthanc: subprocess.Popen | None = None
+        self.nginx: subprocess.Popen | None = None
+
+    def start(self) -> dict:
+        check_nginx_config(self.p)
+        env = {**os.environ, **self.p.orthanc_env}
+        user = self.p.users.orthanc
+        kwargs: dict = {}
+        if user is not None:
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        # Own process groups: Ctrl-C in the terminal reaches us, and we stop the children in order.
+        self.orthanc = subprocess.Popen(_orthanc_cmd(self.p), env=env, start_new_session=True, **kwargs)
+        try:
+            local = f"http://127.0.0.1:{self.p.settings.http_port}/securepacs/health"
+            wait_healthy(local, [self.orthanc])
+            self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True)
+            ctx = ssl.create_default_context(cafile=str(self.p.settings.certs_dir / "ca" / "ca.crt"))
+            ctx.check_hostname = False
+            return wait_healthy(f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
+                                [self.orthanc, self.nginx], context=ctx)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        # nginx first (no new requests), gracefully; then Orthanc, which flushes its index on SIGTERM.
+        if self.nginx and self.nginx.poll() is None:
+            self.nginx.send_signal(signal.SIGQUIT)
+            _wait(self.nginx, timeout)
+        if self.orthanc and self.orthanc.poll() is None:
+            self.orthanc.send_signal(signal.SIGTERM)
+            _wait(self.orthanc, timeout)
+
+    def wait(self) -> int:
+        """Block until Ctrl-C/SIGTERM or a child dies; stop everything; return an exit status."""
+        stopping = False
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stopping:
+                for proc in (self.orthanc, self.nginx):
+                    if proc is not None and proc.poll() is not None:
+                        log.error("%s exited unexpectedly with status %s; stopping", proc.args[0], proc.returncode)
+                        self.stop()
+                        return 1
+                time.sleep(0.5)
+            print("\nStopping SecurePACS ...", file=sys.stderr, flush=True)
+            self.stop()
+            return 0
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s; killing it", proc.args[0], timeout)
+        proc.kill()
+        proc.wait()
+
+
+def banner(p: Prepared, health: dict) -> str:
+    s = p.settings
+    host = next((h for h in s.hostnames if h not in ("localhost", "127.0.0.1", "::1")), s.hostnames[0])
+    cred = s.admin_credential_path
+    lines = [
+        "",
+        f"SecurePACS {health.get('version')} is running (Orthanc {health['components']['orthanc'].get('version')})",
+        f"  DICOM (mutual TLS only): host {host}  port {s.dicom_port}  AE title {s.aet}",
+        f"  HTTPS:                   https://{host}:{s.https_port}/  (health: /securepacs/health)",
+        f"  CA certificate:          {Path(s.certs_dir) / 'ca' / 'ca.crt'}",
+        f"  Data:                    {s.data_dir}",
+        (f"  Admin credential:        written to {cred} (mode 0600; shown nowhere else)"
+         if p.admin_created else f"  Admin credential:        in {cred} (created at first start)"),
+        "  Enrol a clinic:          securepacs clinic add NAME --aet AE_TITLE",
+        "  Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)

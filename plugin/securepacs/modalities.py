@@ -1,0 +1,110 @@
+"""Keep Orthanc's DICOM modalities equal to the enrolled, non-revoked clinics' AE titles.
+
+Orthanc only lets registered AE titles in (all ``DicomAlwaysAllow*`` are off), so this list *is* the
+DICOM access list. The store is the source of truth; the plugin pushes it into Orthanc at start and
+whenever ``securepacs clinic add|revoke`` bumps the store's generation, so enrolment and revocation
+take effect within seconds without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from securepacs.store import Store
+
+log = logging.getLogger(__name__)
+
+# Modalities this plugin manages carry this prefix; anything else an admin added by hand is left alone.
+PREFIX = "sp-"
+# A clinic without a registered retrieve address cannot be a C-MOVE destination: point it at a closed
+# loopback port so a move fails at once instead of reaching some other service.
+NO_MOVE_HOST = "127.0.0.1"
+NO_MOVE_PORT = 1
+
+
+class ModalityApi(Protocol):
+    def list(self) -> dict[str, dict[str, Any]]: ...
+    def put(self, name: str, body: dict[str, Any]) -> None: ...
+    def delete(self, name: str) -> None: ...
+
+
+def desired_modalities(store: Store) -> dict[str, dict[str, Any]]:
+    wanted: dict[str, dict[str, Any]] = {}
+    for clinic in store.list_clinics():
+        if not clinic.active:
+            continue
+        for index, aet in enumerate(clinic.aets):
+            wanted[f"{PREFIX}{clinic.name}-{index}"] = {
+                "AET": aet,
+                "Host": clinic.move_host or NO_MOVE_HOST,
+                "Port": clinic.move_port or NO_MOVE_PORT,
+                "Manufacturer": "Generic",
+                # Least privilege for a clinic device: echo, store, find, move (to itself), get.
+                "AllowEcho": True,
+                "AllowStore": True,
+                "AllowFind": True,
+                "AllowMove": True,
+                "AllowGet": True,
+                "AllowEventReport": False,
+                "AllowNAction": False,
+                "AllowFindWorklist": False,
+                "UseDicomTls": True,
+            }
+    return wanted
+
+
+def _same(current: dict[str, Any], body: dict[str, Any]) -> bool:
+    return all(current.get(k) == v for k, v in body.items() if k != "Manufacturer")
+
+
+class ModalitySync:
+    def __init__(self, store: Store, api: ModalityApi):
+        self._store = store
+        self._api = api
+        self._generation = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.synced = False
+
+    def sync(self) -> bool:
+        """Bring Orthanc in line with the store if it changed; returns True if anything was pushed."""
+        generation = self._store.generation()
+        if generation == self._generation:
+            return False
+        wanted = desired_modalities(self._store)
+        current = {k: v for k, v in self._api.list().items() if k.startswith(PREFIX)}
+        for name in sorted(set(current) - set(wanted)):
+            self._api.delete(name)
+            log.info("unregistered modality %r", name)
+        for name, body in sorted(wanted.items()):
+            if name not in current or not _same(current[name], body):
+                self._api.put(name, body)
+                log.info("registered modality %r for AE title %r", name, body["AET"])
+        self._generation = generation
+        self.synced = True
+        return True
+
+    def start(self, interval: float, on_error: Callable[[Exception], None] | None = None) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.sync()
+                    self.last_error = None
+                except Exception as exc:  # keep syncing: a transient store lock must not stop revocation
+                    self.last_error = str(exc)
+                    if on_error:
+                        on_error(exc)
+                    else:
+                        log.error("modality sync failed: %s", exc)
+
+        self._thread = threading.Thread(target=loop, name="securepacs-modality-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)

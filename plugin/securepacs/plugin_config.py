@@ -1,0 +1,102 @@
+"""The plugin's own configuration section (``"SecurePACS"`` in Orthanc's configuration).
+
+Read once at start and validated; an error names the full key, the value and what was expected, and
+the plugin refuses to load so Orthanc stops with that message instead of running unprotected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECTION = "SecurePACS"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """Invalid plugin configuration: the message names key, value and expectation."""
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    store_path: Path
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    client_ip_header: str = "x-securepacs-client-ip"
+    auth_cache_seconds: int = 60
+    modality_sync_seconds: float = 2.0
+    log_level: str = "INFO"
+    dicom_tls: bool = True
+
+
+_KNOWN = {
+    "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
+}
+
+
+def _fail(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"configuration {SECTION}.{key} = {value!r} is invalid: expected {expected}")
+
+
+def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
+    """Validate the whole Orthanc configuration's SecurePACS section (and the Orthanc keys we rely on)."""
+    section = orthanc_config.get(SECTION)
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"configuration section {SECTION!r} is missing or not an object")
+    unknown = sorted(set(section) - _KNOWN)
+    if unknown:
+        raise ConfigError(
+            f"configuration {SECTION}.{unknown[0]} is not a known key: expected one of {sorted(_KNOWN)}"
+        )
+
+    store = section.get("Store")
+    if not isinstance(store, str) or not store or not Path(store).is_absolute():
+        raise _fail("Store", store, "an absolute path to the plugin's SQLite store")
+
+    proxies = section.get("TrustedProxies", list(PluginConfig.trusted_proxies))
+    if not isinstance(proxies, list):
+        raise _fail("TrustedProxies", proxies, "a list of IP addresses")
+    for p in proxies:
+        try:
+            ipaddress.ip_address(p)
+        except (ValueError, TypeError):
+            raise _fail("TrustedProxies", proxies, "a list of IP addresses") from None
+
+    header = section.get("ClientIpHeader", PluginConfig.client_ip_header)
+    if not isinstance(header, str) or not header or not all(c.isalnum() or c == "-" for c in header):
+        raise _fail("ClientIpHeader", header, "an HTTP header name (letters, digits, '-')")
+
+    cache = section.get("AuthCacheSeconds", PluginConfig.auth_cache_seconds)
+    if not isinstance(cache, int) or isinstance(cache, bool) or not 0 <= cache <= 3600:
+        raise _fail("AuthCacheSeconds", cache, "an integer number of seconds 0-3600")
+
+    sync = section.get("ModalitySyncSeconds", PluginConfig.modality_sync_seconds)
+    if not isinstance(sync, int | float) or isinstance(sync, bool) or not 0.2 <= sync <= 300:
+        raise _fail("ModalitySyncSeconds", sync, "a number of seconds 0.2-300")
+
+    level = section.get("LogLevel", PluginConfig.log_level)
+    if level not in LOG_LEVELS:
+        raise _fail("LogLevel", level, f"one of {list(LOG_LEVELS)}")
+
+    # The archive must never run with plain DICOM: refuse to start rather than serve unencrypted.
+    if orthanc_config.get("DicomTlsEnabled") is not True:
+        raise ConfigError(
+            f"configuration DicomTlsEnabled = {orthanc_config.get('DicomTlsEnabled')!r} is invalid: "
+            "expected true (SecurePACS serves DICOM over mutual TLS only)"
+        )
+    if orthanc_config.get("DicomTlsRemoteCertificateRequired", True) is not True:
+        raise ConfigError(
+            "configuration DicomTlsRemoteCertificateRequired = "
+            f"{orthanc_config.get('DicomTlsRemoteCertificateRequired')!r} is invalid: expected true"
+        )
+
+    return PluginConfig(
+        store_path=Path(store),
+        trusted_proxies=tuple(proxies),
+        client_ip_header=header.lower(),
+        auth_cache_seconds=cache,
+        modality_sync_seconds=float(sync),
+        log_level=level,
+    )

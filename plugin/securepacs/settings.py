@@ -1,0 +1,98 @@
+"""Deployment settings shared by the launcher and the command line.
+
+Read once from the environment (the overrides named in DESIGN.md) and validated: an error names the
+variable, the value and what was expected, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_AET = "SECUREPACS"
+DEFAULT_DICOM_PORT = 2762  # IANA dicom-tls
+DEFAULT_HTTPS_PORT = 8443
+DEFAULT_HTTP_PORT = 8042  # Orthanc's own HTTP port: loopback only, behind nginx
+
+# PS3.5 6.2: AE is at most 16 characters of the default repertoire, no backslash, no control characters.
+# Leading/trailing spaces are not significant, so an AE title made only of spaces is meaningless.
+_AET_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message names variable, value and expectation."""
+
+
+def validate_aet(value: str, what: str = "AE title") -> str:
+    """Return the AE title if valid per PS3.5 (≤ 16 chars, no backslash, no control chars), else raise."""
+    if not isinstance(value, str) or not _AET_RE.match(value) or not value.strip():
+        raise SettingsError(
+            f"{what} {value!r} is invalid: expected 1-16 printable ASCII characters, "
+            "no backslash and not only spaces (DICOM PS3.5 value representation AE)"
+        )
+    return value.strip()
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"{name}={raw!r} is invalid: expected a TCP port number 1-65535")
+    return port
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    certs_dir: Path
+    dicom_port: int = DEFAULT_DICOM_PORT
+    https_port: int = DEFAULT_HTTPS_PORT
+    http_port: int = DEFAULT_HTTP_PORT
+    aet: str = DEFAULT_AET
+    hostnames: tuple[str, ...] = ("localhost",)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "securepacs.db"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def admin_credential_path(self) -> Path:
+        return self.secrets_dir / "admin-credential.txt"
+
+
+def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Build settings from ``SECUREPACS_*`` variables; relative paths are relative to ``cwd``."""
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    data_dir = (cwd / env.get("SECUREPACS_DATA", "data")).resolve()
+    certs_dir = (cwd / env.get("SECUREPACS_CERTS", "certs")).resolve()
+    aet = validate_aet(env.get("SECUREPACS_AET", DEFAULT_AET), "SECUREPACS_AET")
+    raw_hosts = env.get("SECUREPACS_HOSTNAMES", "")
+    hosts = [h.strip() for h in raw_hosts.split(",") if h.strip()]
+    if not hosts:
+        hosts = ["localhost", "127.0.0.1", "::1", socket.getfqdn()]
+    for h in hosts:
+        if not re.match(r"^[A-Za-z0-9.:_-]{1,253}$", h):
+            raise SettingsError(f"SECUREPACS_HOSTNAMES entry {h!r} is invalid: expected a DNS name or IP address")
+    return Settings(
+        data_dir=data_dir,
+        certs_dir=certs_dir,
+        dicom_port=_port(env, "SECUREPACS_DICOM_PORT", DEFAULT_DICOM_PORT),
+        https_port=_port(env, "SECUREPACS_HTTPS_PORT", DEFAULT_HTTPS_PORT),
+        http_port=_port(env, "SECUREPACS_HTTP_PORT", DEFAULT_HTTP_PORT),
+        aet=aet,
+        hostnames=tuple(dict.fromkeys(hosts)),
+    )

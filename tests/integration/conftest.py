@@ -1,0 +1,231 @@
+"""A real archive for integration tests: ``securepacs serve`` (Orthanc + plugin + nginx) on free ports.
+
+The archive is started exactly as ``scripts/up`` starts it (same command, same generated configuration),
+only with a temporary data dir, certs dir and free ports given through the documented environment
+overrides. Clinics are enrolled with the real CLI while it runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from securepacs.client import Connection, TlsConfig
+from securepacs.client import echo as client_echo
+
+pytestmark = pytest.mark.integration
+
+SECUREPACS = Path(sys.executable).with_name("securepacs")
+START_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Clinic:
+    name: str
+    aets: tuple[str, ...]
+    bundle: Path
+
+    @property
+    def cert(self) -> Path:
+        return self.bundle / "clinic.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.bundle / "clinic.key"
+
+    @property
+    def ca(self) -> Path:
+        return self.bundle / "ca.crt"
+
+
+@dataclass
+class Archive:
+    root: Path
+    env: dict[str, str]
+    dicom_port: int
+    https_port: int
+    http_port: int
+    aet: str = "SECUREPACS"
+    host: str = "localhost"
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    clinics: dict[str, Clinic] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs_dir / "ca" / "ca.crt"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run([str(SECUREPACS), *args], env=self.env, capture_output=True, text=True,
+                             timeout=120, check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(f"securepacs {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+        return res
+
+    def admin_credential(self) -> tuple[str, str]:
+        text = (self.data_dir / "secrets" / "admin-credential.txt").read_text()
+        fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        return fields["username"], fields["password"]
+
+    def https(self, path: str, *, auth: tuple[str, str] | None = None, method: str = "GET",
+              data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        ctx = ssl.create_default_context(cafile=str(self.ca_cert))
+        req = urllib.request.Request(f"https://{self.host}:{self.https_port}{path}", data=data, method=method,
+                                     headers=headers or {})
+        if auth:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def admin_json(self, path: str, method: str = "GET", body: object | None = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        status, payload = self.https(path, auth=self.admin_credential(), method=method, data=data)
+        assert status == 200, f"{method} {path} -> {status}: {payload[:200]!r}"
+        return json.loads(payload)
+
+    def enrol(self, name: str, *aets: str, host: str | None = None, port: int | None = None) -> Clinic:
+        args = ["clinic", "add", name]
+        for aet in aets:
+            args += ["--aet", aet]
+        if host:
+            args += ["--host", host, "--port", str(port)]
+        self.cli(*args)
+        clinic = Clinic(name, aets, self.certs_dir / "clinics" / name)
+        self.clinics[name] = clinic
+        self.wait_modalities(present=aets)
+        return clinic
+
+    def wait_modalities(self, present: tuple[str, ...] = (), absent: tuple[str, ...] = (),
+                        timeout: float = 20) -> None:
+        """The plugin syncs enrolment into Orthanc within seconds; wait for it, no restart."""
+        deadline = time.monotonic() + timeout
+        while True:
+            aets = {m["AET"] for m in self.admin_json("/modalities?expand").values()}
+            if set(present) <= aets and not set(absent) & aets:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"modalities {sorted(aets)} never matched present={present} absent={absent}")
+            time.sleep(0.3)
+
+    def conn(self, clinic: Clinic, *, aet: str | None = None, tls_version: str | None = None,
+             called: str | None = None) -> Connection:
+        tls = TlsConfig(ca=clinic.ca, cert=clinic.cert, key=clinic.key, version=tls_version)
+        return Connection(self.host, self.dicom_port, calling_aet=aet or clinic.aets[0],
+                          called_aet=called or self.aet, tls=tls, acse_timeout=15, dimse_timeout=60)
+
+    def assert_serving(self) -> None:
+        """After any rejection the archive must still answer a legitimate echo and HTTPS health."""
+        assert self.proc is not None and self.proc.poll() is None, "securepacs serve died"
+        clinic = next(iter(self.clinics.values()))
+        assert client_echo(self.conn(clinic)) == 0
+        status, _ = self.https("/securepacs/health")
+        assert status == 200
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+def _start(archive: Archive) -> None:
+    archive.log_path = archive.root / "serve.log"
+    log = archive.log_path.open("ab")
+    offset = log.tell()  # a restart appends: only this start's output counts
+    archive.proc = subprocess.Popen([str(SECUREPACS), "serve"], env=archive.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while "is running" not in archive.log_text()[offset:]:
+        if archive.proc.poll() is not None:
+            raise RuntimeError(f"securepacs serve exited {archive.proc.returncode}:\n{archive.log_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"securepacs serve did not start:\n{archive.log_text()[-4000:]}")
+        time.sleep(0.3)
+
+
+def stop_archive(archive: Archive) -> int:
+    assert archive.proc is not None
+    archive.proc.send_signal(signal.SIGINT)
+    try:
+        return archive.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(archive.proc.pid, signal.SIGKILL)
+        archive.proc.wait()
+        return -9
+
+
+def restart_archive(archive: Archive) -> None:
+    assert stop_archive(archive) == 0, archive.log_text()[-3000:]
+    _start(archive)
+
+
+def make_archive(prefix: str) -> Archive:
+    # Not pytest's tmp_path: that lives under a 0700 directory the unprivileged Orthanc user cannot enter.
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)
+    ports = {name: free_port() for name in ("dicom", "https", "http")}
+    env = {
+        **os.environ,
+        "SECUREPACS_DATA": str(root / "data"),
+        "SECUREPACS_CERTS": str(root / "certs"),
+        "SECUREPACS_DICOM_PORT": str(ports["dicom"]),
+        "SECUREPACS_HTTPS_PORT": str(ports["https"]),
+        "SECUREPACS_HTTP_PORT": str(ports["http"]),
+        "SECUREPACS_HOSTNAMES": "localhost,127.0.0.1",
+    }
+    return Archive(root, env, ports["dicom"], ports["https"], ports["http"])
+
+
+@pytest.fixture(scope="session")
+def move_scp_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def archive(move_scp_port: int) -> Iterator[Archive]:
+    arc = make_archive("securepacs-it-")
+    _start(arc)
+    try:
+        arc.enrol("clinicA", "CLINICA", "CLINICA2", host="127.0.0.1", port=move_scp_port)
+        yield arc
+    finally:
+        rc = stop_archive(arc)
+        if os.environ.get("SECUREPACS_KEEP_TEST_DATA") != "1":
+            shutil.rmtree(arc.root, ignore_errors=True)
+        assert rc == 0, "securepacs serve did not stop cleanly on Ctrl-C"
+
+
+@pytest.fixture(scope="session")
+def clinic_a(archive: Archive) -> Clinic:
+    return archive.clinics["clinicA"]
