@@ -60,6 +60,8 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(
     rm -rf "$VENV"
     /usr/bin/python3 -m venv "$VENV"
 fi
+# Use the system trust store (which includes any local CAs) rather than pip's bundled one.
+[ -f /etc/ssl/certs/ca-certificates.crt ] && export PIP_CERT="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
 extras=""
 [ "$WITH_TESTS" = 1 ] && extras="[test,bench]"
 stamp="$VENV/.securepacs-installed"

@@ -82,10 +82,12 @@ def _mkdir(path: Path, mode: int, user: pwd.struct_passwd | None = None) -> Path
     return path
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
+def _write(path: Path, text: str, mode: int = 0o644, owner: pwd.struct_passwd | None = None) -> None:
+    # Atomic replace: works even when an earlier (root) run owns the old file, and never leaves half a file.
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.chmod(tmp, mode)
+    _chown(tmp, owner)
     os.replace(tmp, path)
 
 
@@ -157,7 +159,7 @@ def render_nginx(s: Settings, pki: Pki, nginx_dir: Path, users: ServiceUsers) ->
     return text
 
 
-def prepare(s: Settings) -> Prepared:
+def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
     users = service_users()
     for tool in ("Orthanc", "nginx"):
         if shutil.which(tool) is None:
@@ -171,8 +173,16 @@ def prepare(s: Settings) -> Prepared:
     storage = _mkdir(s.data_dir / "orthanc", 0o700, users.orthanc)
 
     pki = Pki(s.certs_dir)
-    created = pki.ensure_ca()
-    created = pki.ensure_server(list(s.hostnames)) or created
+    if pki.ca_key_path.exists() and not os.access(pki.ca_key_path, os.R_OK):
+        # An unprivileged component (compose's archive/https services): the init step owns the CA key.
+        reason = pki.server_renewal_reason(list(s.hostnames))
+        if reason:
+            raise DeployError(f"server certificate {pki.server_cert_path} must be re-issued ({reason}): "
+                              "run the init step (`securepacs serve --prepare-only` as root)")
+        created = False
+    else:
+        created = pki.ensure_ca()
+        created = pki.ensure_server(list(s.hostnames)) or created
     # Orthanc (unprivileged) needs its key; the CA key stays root-only.
     _chown(pki.server_key_path, users.orthanc)
     check_reachable(pki.server_key_path, users.orthanc)
@@ -184,16 +194,19 @@ def prepare(s: Settings) -> Prepared:
         store.close()
 
     config_dir = _mkdir(s.data_dir / "config", 0o750, users.orthanc)
-    shutil.copyfile(ORTHANC_DIR / "orthanc.json", config_dir / "00-base.json")
-    _write(config_dir / "10-runtime.json", json.dumps(orthanc_runtime_config(s, pki, storage), indent=2) + "\n")
+    _write(config_dir / "00-base.json", (ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"),
+           owner=users.orthanc)
+    runtime = json.dumps(orthanc_runtime_config(s, pki, storage), indent=2) + "\n"
+    _write(config_dir / "10-runtime.json", runtime, owner=users.orthanc)
 
-    nginx_dir = _mkdir(s.data_dir / "nginx", 0o755)
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        path = _mkdir(nginx_dir / "tmp" / sub, 0o700)
-        if users.nginx_workers:
-            shutil.chown(path, users.nginx_workers)
-    nginx_conf = nginx_dir / "nginx.conf"
-    _write(nginx_conf, render_nginx(s, pki, nginx_dir, users))
+    nginx_conf = s.nginx_dir / "nginx.conf"
+    if with_nginx:
+        nginx_dir = _mkdir(s.nginx_dir, 0o755)
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            path = _mkdir(nginx_dir / "tmp" / sub, 0o700)
+            if users.nginx_workers:
+                shutil.chown(path, users.nginx_workers)
+        _write(nginx_conf, render_nginx(s, pki, nginx_dir, users))
 
     env = {
         # Debian's DCMTK leaves Nagle on: ~50 ms idle per C-STORE without this (measured 3.7x).

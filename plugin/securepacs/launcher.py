@@ -24,6 +24,12 @@ class LaunchError(RuntimeError):
     pass
 
 
+def https_context(ca_file: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.check_hostname = False  # we connect to 127.0.0.1; the chain is still verified against our CA
+    return ctx
+
+
 def _orthanc_cmd(p: Prepared) -> list[str]:
     return ["Orthanc", str(p.config_dir)]
 
@@ -38,7 +44,7 @@ def check_nginx_config(p: Prepared) -> None:
         raise LaunchError(f"nginx rejected {p.nginx_conf}: {res.stderr.strip()}")
 
 
-def _health(url: str, context: ssl.SSLContext | None = None) -> dict | None:
+def fetch_health(url: str, context: ssl.SSLContext | None = None) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310 (fixed local URL)
             return json.loads(resp.read())
@@ -46,15 +52,17 @@ def _health(url: str, context: ssl.SSLContext | None = None) -> dict | None:
         return None
 
 
-def wait_healthy(url: str, procs: list[subprocess.Popen], timeout: float = STARTUP_TIMEOUT,
-                 context: ssl.SSLContext | None = None) -> dict:
+def wait_healthy(
+    url: str, procs: list[subprocess.Popen], timeout: float = STARTUP_TIMEOUT, context: ssl.SSLContext | None = None
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise LaunchError(f"{proc.args[0]} exited with status {proc.returncode} during start-up "
-                                  "(see its log above)")
-        report = _health(url, context)
+                raise LaunchError(
+                    f"{proc.args[0]} exited with status {proc.returncode} during start-up (see its log above)"
+                )
+        report = fetch_health(url, context)
         if report and report.get("status") == "ok":
             return report
         time.sleep(0.3)
@@ -62,34 +70,48 @@ def wait_healthy(url: str, procs: list[subprocess.Popen], timeout: float = START
 
 
 class Archive:
-    """Orthanc + nginx as child processes."""
+    """Orthanc + nginx as child processes (or only one of them, for the two compose services)."""
 
-    def __init__(self, prepared: Prepared):
+    def __init__(self, prepared: Prepared, components: tuple[str, ...] = ("orthanc", "nginx")):
         self.p = prepared
+        self.components = components
         self.orthanc: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
 
     def start(self) -> dict:
-        check_nginx_config(self.p)
+        try:
+            report: dict = {}
+            if "orthanc" in self.components:
+                report = self._start_orthanc()
+            if "nginx" in self.components:
+                check_nginx_config(self.p)
+                if "orthanc" not in self.components:
+                    # Separate service: wait for Orthanc (same network namespace) before serving.
+                    wait_healthy(self._internal_health_url(), [])
+                self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True)
+                report = wait_healthy(
+                    f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
+                    [p for p in (self.orthanc, self.nginx) if p],
+                    context=https_context(self.p.settings.certs_dir / "ca" / "ca.crt"),
+                )
+            return report
+        except BaseException:
+            self.stop()
+            raise
+
+    def _internal_health_url(self) -> str:
+        return f"http://127.0.0.1:{self.p.settings.http_port}/securepacs/health"
+
+    def _start_orthanc(self) -> dict:
         env = {**os.environ, **self.p.orthanc_env}
         user = self.p.users.orthanc
         kwargs: dict = {}
         if user is not None:
             kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        # Own process groups: Ctrl-C in the terminal reaches us, and we stop the children in order.
+        # Own process group: Ctrl-C in the terminal reaches only us, and we stop the children in order.
         self.orthanc = subprocess.Popen(_orthanc_cmd(self.p), env=env, start_new_session=True, **kwargs)
-        try:
-            local = f"http://127.0.0.1:{self.p.settings.http_port}/securepacs/health"
-            wait_healthy(local, [self.orthanc])
-            self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True)
-            ctx = ssl.create_default_context(cafile=str(self.p.settings.certs_dir / "ca" / "ca.crt"))
-            ctx.check_hostname = False
-            return wait_healthy(f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
-                                [self.orthanc, self.nginx], context=ctx)
-        except BaseException:
-            self.stop()
-            raise
+        return wait_healthy(self._internal_health_url(), [self.orthanc])
 
     def stop(self, timeout: float = 30.0) -> None:
         # nginx first (no new requests), gracefully; then Orthanc, which flushes its index on SIGTERM.
@@ -145,8 +167,11 @@ def banner(p: Prepared, health: dict) -> str:
         f"  HTTPS:                   https://{host}:{s.https_port}/  (health: /securepacs/health)",
         f"  CA certificate:          {Path(s.certs_dir) / 'ca' / 'ca.crt'}",
         f"  Data:                    {s.data_dir}",
-        (f"  Admin credential:        written to {cred} (mode 0600; shown nowhere else)"
-         if p.admin_created else f"  Admin credential:        in {cred} (created at first start)"),
+        (
+            f"  Admin credential:        written to {cred} (mode 0600; shown nowhere else)"
+            if p.admin_created
+            else f"  Admin credential:        in {cred} (created at first start)"
+        ),
         "  Enrol a clinic:          securepacs clinic add NAME --aet AE_TITLE",
         "  Press Ctrl-C to stop.",
         "",

@@ -59,10 +59,16 @@ class Settings:
     http_port: int = DEFAULT_HTTP_PORT
     aet: str = DEFAULT_AET
     hostnames: tuple[str, ...] = ("localhost",)
+    nginx_dir_override: Path | None = None
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "securepacs.db"
+
+    @property
+    def nginx_dir(self) -> Path:
+        """nginx's generated configuration, pid and temp files (SECUREPACS_NGINX_DIR, e.g. a tmpfs)."""
+        return self.nginx_dir_override or self.data_dir / "nginx"
 
     @property
     def secrets_dir(self) -> Path:
@@ -95,4 +101,5 @@ def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> S
         http_port=_port(env, "SECUREPACS_HTTP_PORT", DEFAULT_HTTP_PORT),
         aet=aet,
         hostnames=tuple(dict.fromkeys(hosts)),
+        nginx_dir_override=(cwd / env["SECUREPACS_NGINX_DIR"]).resolve() if env.get("SECUREPACS_NGINX_DIR") else None,
     )

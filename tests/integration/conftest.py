@@ -69,6 +69,7 @@ class Archive:
     http_port: int
     aet: str = "SECUREPACS"
     host: str = "localhost"
+    kind: str = "native"
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     clinics: dict[str, Clinic] = field(default_factory=dict)
@@ -86,8 +87,9 @@ class Archive:
         return self.certs_dir / "ca" / "ca.crt"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        res = subprocess.run([str(SECUREPACS), *args], env=self.env, capture_output=True, text=True,
-                             timeout=120, check=False)
+        res = subprocess.run(
+            [str(SECUREPACS), *args], env=self.env, capture_output=True, text=True, timeout=120, check=False
+        )
         if check and res.returncode != 0:
             raise AssertionError(f"securepacs {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
         return res
@@ -97,11 +99,19 @@ class Archive:
         fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
         return fields["username"], fields["password"]
 
-    def https(self, path: str, *, auth: tuple[str, str] | None = None, method: str = "GET",
-              data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def https(
+        self,
+        path: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         ctx = ssl.create_default_context(cafile=str(self.ca_cert))
-        req = urllib.request.Request(f"https://{self.host}:{self.https_port}{path}", data=data, method=method,
-                                     headers=headers or {})
+        req = urllib.request.Request(
+            f"https://{self.host}:{self.https_port}{path}", data=data, method=method, headers=headers or {}
+        )
         if auth:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             req.add_header("Authorization", f"Basic {token}")
@@ -129,8 +139,7 @@ class Archive:
         self.wait_modalities(present=aets)
         return clinic
 
-    def wait_modalities(self, present: tuple[str, ...] = (), absent: tuple[str, ...] = (),
-                        timeout: float = 20) -> None:
+    def wait_modalities(self, present: tuple[str, ...] = (), absent: tuple[str, ...] = (), timeout: float = 20) -> None:
         """The plugin syncs enrolment into Orthanc within seconds; wait for it, no restart."""
         deadline = time.monotonic() + timeout
         while True:
@@ -141,15 +150,36 @@ class Archive:
                 raise AssertionError(f"modalities {sorted(aets)} never matched present={present} absent={absent}")
             time.sleep(0.3)
 
-    def conn(self, clinic: Clinic, *, aet: str | None = None, tls_version: str | None = None,
-             called: str | None = None) -> Connection:
+    def conn(
+        self, clinic: Clinic, *, aet: str | None = None, tls_version: str | None = None, called: str | None = None
+    ) -> Connection:
         tls = TlsConfig(ca=clinic.ca, cert=clinic.cert, key=clinic.key, version=tls_version)
-        return Connection(self.host, self.dicom_port, calling_aet=aet or clinic.aets[0],
-                          called_aet=called or self.aet, tls=tls, acse_timeout=15, dimse_timeout=60)
+        return Connection(
+            self.host,
+            self.dicom_port,
+            calling_aet=aet or clinic.aets[0],
+            called_aet=called or self.aet,
+            tls=tls,
+            acse_timeout=15,
+            dimse_timeout=60,
+        )
+
+    def start(self) -> None:
+        _start(self)
+
+    def stop(self) -> int:
+        return stop_archive(self)
+
+    def restart(self) -> None:
+        assert self.stop() == 0, self.log_text()[-3000:]
+        self.start()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def assert_serving(self) -> None:
         """After any rejection the archive must still answer a legitimate echo and HTTPS health."""
-        assert self.proc is not None and self.proc.poll() is None, "securepacs serve died"
+        assert self.running(), "the archive died"
         clinic = next(iter(self.clinics.values()))
         assert client_echo(self.conn(clinic)) == 0
         status, _ = self.https("/securepacs/health")
@@ -163,8 +193,9 @@ def _start(archive: Archive) -> None:
     archive.log_path = archive.root / "serve.log"
     log = archive.log_path.open("ab")
     offset = log.tell()  # a restart appends: only this start's output counts
-    archive.proc = subprocess.Popen([str(SECUREPACS), "serve"], env=archive.env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+    archive.proc = subprocess.Popen(
+        [str(SECUREPACS), "serve"], env=archive.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + START_TIMEOUT
     while "is running" not in archive.log_text()[offset:]:
         if archive.proc.poll() is not None:
@@ -193,7 +224,7 @@ def restart_archive(archive: Archive) -> None:
 def make_archive(prefix: str) -> Archive:
     # Not pytest's tmp_path: that lives under a 0700 directory the unprivileged Orthanc user cannot enter.
     root = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(root, 0o755)
+    os.chmod(root, 0o755)  # noqa: S103 (the unprivileged service user must traverse it; no secrets at this level)
     ports = {name: free_port() for name in ("dicom", "https", "http")}
     env = {
         **os.environ,
@@ -212,18 +243,142 @@ def move_scp_port() -> int:
     return free_port()
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (v2) when present, else Debian's docker-compose 1.29."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise RuntimeError("neither `docker compose` nor docker-compose is installed (run scripts/docker-engine)")
+
+
+class ComposeArchive(Archive):
+    """The compose stack, built from this checkout, with bind-mounted data/certs so tests can read them."""
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = [*compose_command(), "-f", str(REPO / "compose.yaml"), "-p", self.env["COMPOSE_PROJECT_NAME"], *args]
+        res = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+            )
+        return res
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        # Documented admin path: the one-shot init service (root, holds the CA key) runs the command.
+        res = self.compose("run", "--rm", "-T", "init", "securepacs", *args, check=False)
+        if check and res.returncode != 0:
+            raise AssertionError(f"securepacs {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+        return res
+
+    def start(self) -> None:
+        self.compose("up", "-d")
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                status, body = self.https("/securepacs/health")
+                if status == 200 and json.loads(body).get("status") == "ok":
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"compose stack not healthy:\n{self.log_text()[-4000:]}")
+            time.sleep(1)
+
+    def stop(self) -> int:
+        return self.compose("down", check=False).returncode
+
+    def running(self) -> bool:
+        out = self.compose("ps", "-q", "archive", check=False).stdout.strip()
+        return bool(out)
+
+    def log_text(self) -> str:
+        return self.compose("logs", "--no-color", check=False).stdout
+
+
+def make_compose_archive(prefix: str) -> ComposeArchive:
+    native = make_archive(prefix)
+    for sub in ("data", "certs"):
+        (native.root / sub).mkdir()
+    env = {
+        **native.env,
+        "COMPOSE_PROJECT_NAME": native.root.name.replace("-", "").replace("_", "").lower(),
+        "SECUREPACS_IMAGE": os.environ.get("SECUREPACS_TEST_IMAGE", "securepacs:test"),
+        "BASE_IMAGE": os.environ.get("BASE_IMAGE", "securepacs-base:bookworm"),
+        "SECUREPACS_DATA_VOLUME": str(native.root / "data"),
+        "SECUREPACS_CERTS_VOLUME": str(native.root / "certs"),
+    }
+    return ComposeArchive(native.root, env, native.dicom_port, native.https_port, native.http_port, kind="compose")
+
+
 @pytest.fixture(scope="session")
-def archive(move_scp_port: int) -> Iterator[Archive]:
-    arc = make_archive("securepacs-it-")
-    _start(arc)
+def compose_image() -> str:
+    """Build the image once per session from this checkout (same install script as scripts/up)."""
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no Docker engine: scripts/test must start one in CI (scripts/docker-engine)")
+        pytest.skip("no Docker engine running (scripts/docker-engine starts one)")
+    image = os.environ.get("SECUREPACS_TEST_IMAGE", "securepacs:test")
+    base = os.environ.get("BASE_IMAGE", "securepacs-base:bookworm")
+    res = subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "-f",
+            str(REPO / "orthanc" / "Dockerfile"),
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "-t",
+            image,
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert res.returncode == 0, f"docker build failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return image
+
+
+def _archive_for(kind: str, request: pytest.FixtureRequest, move_scp_port: int) -> Iterator[Archive]:
+    if kind == "compose":
+        request.getfixturevalue("compose_image")
+        arc: Archive = make_compose_archive("securepacs-ct-")
+    else:
+        arc = make_archive("securepacs-it-")
+    arc.start()
     try:
-        arc.enrol("clinicA", "CLINICA", "CLINICA2", host="127.0.0.1", port=move_scp_port)
+        # The retrieve address is only reachable from a native Orthanc (the test SCP listens on loopback).
+        move = {"host": "127.0.0.1", "port": move_scp_port} if kind == "native" else {}
+        arc.enrol("clinicA", "CLINICA", "CLINICA2", **move)
         yield arc
     finally:
-        rc = stop_archive(arc)
+        rc = arc.stop()
         if os.environ.get("SECUREPACS_KEEP_TEST_DATA") != "1":
             shutil.rmtree(arc.root, ignore_errors=True)
-        assert rc == 0, "securepacs serve did not stop cleanly on Ctrl-C"
+        assert rc == 0, f"the {kind} archive did not stop cleanly"
+
+
+@pytest.fixture(scope="session")
+def native_archive(request: pytest.FixtureRequest, move_scp_port: int) -> Iterator[Archive]:
+    """The native archive alone: for checks only it can do (C-MOVE back to an SCP on this host's loopback)."""
+    yield from _archive_for("native", request, move_scp_port)
+
+
+@pytest.fixture(scope="session")
+def compose_archive(request: pytest.FixtureRequest, move_scp_port: int) -> Iterator[Archive]:
+    yield from _archive_for("compose", request, move_scp_port)
+
+
+@pytest.fixture(scope="session", params=["native", pytest.param("compose", marks=pytest.mark.compose)])
+def archive(request: pytest.FixtureRequest) -> Archive:
+    """Every end-to-end check runs against the native archive and against the compose stack."""
+    return request.getfixturevalue(f"{request.param}_archive")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from securepacs import deploy, launcher, settings
@@ -19,19 +20,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SECUREPACS_HTTP_PORT (internal), SECUREPACS_AET and SECUREPACS_HOSTNAMES.",
     )
     p.add_argument("--prepare-only", action="store_true", help="write PKI, admin and configuration, then exit")
+    p.add_argument(
+        "--only", choices=("orthanc", "nginx"), help="run one component (the compose stack runs them as two services)"
+    )
     p.set_defaults(func=run)
+
+    h = subparsers.add_parser("health", help="query /securepacs/health; exit 0 only if every component is ok")
+    h.add_argument("--internal", action="store_true", help="ask Orthanc's loopback HTTP port instead of HTTPS")
+    h.set_defaults(func=check_health)
+
+
+def check_health(args: argparse.Namespace) -> int:
+    try:
+        s = settings.from_env()
+    except settings.SettingsError as exc:
+        print(f"securepacs: error: {exc}", file=sys.stderr)
+        return 2
+    if args.internal:
+        report = launcher.fetch_health(f"http://127.0.0.1:{s.http_port}/securepacs/health")
+    else:
+        report = launcher.fetch_health(
+            f"https://127.0.0.1:{s.https_port}/securepacs/health", launcher.https_context(s.certs_dir / "ca" / "ca.crt")
+        )
+    print(json.dumps(report, indent=2) if report else "no answer")
+    return 0 if report and report.get("status") == "ok" else 1
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         s = settings.from_env()
-        prepared = deploy.prepare(s)
+        prepared = deploy.prepare(s, with_nginx=args.only != "orthanc" and not args.prepare_only)
         if args.prepare_only:
             print(f"prepared {s.data_dir} (configuration in {prepared.config_dir})")
             if prepared.admin_created:
                 print(f"admin credential written to {s.admin_credential_path} (mode 0600)")
             return 0
-        archive = launcher.Archive(prepared)
+        components = (args.only,) if args.only else ("orthanc", "nginx")
+        archive = launcher.Archive(prepared, components)
         health = archive.start()
     except (settings.SettingsError, deploy.DeployError, launcher.LaunchError, PkiError, OSError) as exc:
         print(f"securepacs: error: {exc}", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""Compose-only checks: the stack as admins deploy it (the shared end-to-end checks run via ``archive``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from securepacs import synth
+from securepacs.client import find, store
+
+pytestmark = pytest.mark.compose
+
+
+def _inspect(container: str) -> dict:
+    out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]
+
+
+def _container(arc, service: str) -> str:
+    return arc.compose("ps", "-q", service).stdout.strip()
+
+
+def test_stack_runs_unprivileged_and_publishes_only_tls_ports(compose_archive):
+    arc = compose_archive
+    archive = _inspect(_container(arc, "archive"))
+    published = {k for k, v in archive["NetworkSettings"]["Ports"].items() if v}
+    assert published == {"2762/tcp", "8443/tcp"}, "Orthanc's HTTP port must never be published"
+    assert archive["Config"]["User"] == "orthanc"
+    https = _inspect(_container(arc, "https"))
+    assert https["Config"]["User"] == "orthanc"
+    assert https["State"]["Health"]["Status"] in ("healthy", "starting")
+    # No keys or passwords baked into the image: the CA key lives only in the certs volume, root-only.
+    res = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            arc.env["SECUREPACS_IMAGE"],
+            "-c",
+            "find / -xdev \\( -name '*.key' -o -name 'admin-credential*' \\) 2>/dev/null | grep -v ^/usr/share || true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert res.stdout.strip() == ""
+    assert oct((arc.certs_dir / "ca" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    assert (arc.certs_dir / "ca" / "ca.key").stat().st_uid == 0
+
+
+def test_image_carries_debian_orthanc(compose_archive):
+    res = subprocess.run(
+        ["docker", "run", "--rm", compose_archive.env["SECUREPACS_IMAGE"], "Orthanc", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Orthanc 1.10.1" in res.stdout
+
+
+def test_data_survives_down_and_up(compose_archive, tmp_path):
+    arc = compose_archive
+    clinic = arc.enrol("persist", "PERSIST")
+    spec = synth.StudySpec(seed="compose-persist", patient_id="CPERSIST", slices=4)
+    assert store(arc.conn(clinic), synth.write_study(spec, tmp_path)).ok
+    arc.restart()  # docker compose down + up: containers replaced, volumes kept
+    arc.wait_modalities(present=("PERSIST",))
+    found = list(
+        find(arc.conn(clinic), "STUDY", {"StudyInstanceUID": spec.study_uid, "NumberOfStudyRelatedInstances": ""})
+    )
+    assert [int(ds.NumberOfStudyRelatedInstances) for ds in found] == [4]
+    arc.assert_serving()

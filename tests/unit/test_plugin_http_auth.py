@@ -1,0 +1,316 @@
+"""HTTP authentication and authorisation of requests reaching Orthanc (``HttpAuthenticator``)."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from securepacs import http_auth, passwords
+from securepacs.http_auth import HttpAuthenticator
+from securepacs.store import Store
+
+# passwords.hash_password binds SCRYPT_N as a default at definition time: patching the constant would not
+# make it cheaper, so the users here are hashed with a small n passed explicitly.
+FAST_N = 2**10
+ADMIN_PW = "admin-password-1234"
+DOCTOR_PW = "doctor-password-5678"
+PROXY = "127.0.0.1"
+HEADER = "X-SecurePACS-Client-IP"
+
+
+def fast_hash(password: str) -> str:
+    return passwords.hash_password(password, n=FAST_N)
+
+
+def basic(username: str, password: str, scheme: str = "Basic") -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"authorization": f"{scheme} {token}"}  # Orthanc passes header names in lower case
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "securepacs.db")
+    s.add_user("alice", fast_hash(ADMIN_PW), "admin")
+    s.add_user("bob", fast_hash(DOCTOR_PW), "physician")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_auth(store: Store, clock: Clock) -> Callable[..., HttpAuthenticator]:
+    def make(cache_seconds: int = 60) -> HttpAuthenticator:
+        return HttpAuthenticator(store, trusted_proxies=(PROXY, "::1"), client_ip_header=HEADER,
+                                 cache_seconds=cache_seconds, clock=clock)
+    return make
+
+
+@pytest.fixture
+def auth(make_auth: Callable[..., HttpAuthenticator]) -> HttpAuthenticator:
+    return make_auth()
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count scrypt verifications (the real function still runs)."""
+    calls: list[str] = []
+    real = http_auth.verify_password
+
+    def counting(password: str, encoded: str) -> bool:
+        calls.append(encoded)
+        return real(password, encoded)
+
+    monkeypatch.setattr(http_auth, "verify_password", counting)
+    return calls
+
+
+def sql(store: Store, statement: str, *args: object) -> None:
+    """Change the store's file behind its back, as ``securepacs user ...`` in another process would."""
+    with sqlite3.connect(store.path) as db:
+        db.execute(statement, args)
+    db.close()
+
+
+# -- anonymous allow-list ------------------------------------------------------------------------------
+def test_health_is_anonymous_for_get(auth: HttpAuthenticator) -> None:
+    decision = auth.authorize("/securepacs/health", "GET", PROXY, {})
+    assert decision.allowed and decision.user is None
+    assert decision.reason == "anonymous endpoint"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OTHER"])
+def test_health_is_not_anonymous_for_other_methods(auth: HttpAuthenticator, method: str) -> None:
+    assert not auth.authorize("/securepacs/health", method, PROXY, {}).allowed
+
+
+@pytest.mark.parametrize("uri", ["/securepacs/health/", "/securepacs/healthz", "/securepacs/health/../../system",
+                                 "/SECUREPACS/HEALTH", "/system", "/", "/app/explorer.html"])
+def test_only_the_exact_health_uri_is_anonymous(auth: HttpAuthenticator, uri: str) -> None:
+    decision = auth.authorize(uri, "GET", PROXY, {})
+    assert not decision.allowed
+    assert decision.reason == "no valid credentials"
+
+
+# -- credentials -------------------------------------------------------------------------------------------
+def test_admin_is_allowed(auth: HttpAuthenticator) -> None:
+    decision = auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
+    assert decision.allowed
+    assert (decision.user, decision.reason) == ("alice", "admin")
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+def test_admin_is_allowed_every_method(auth: HttpAuthenticator, method: str) -> None:
+    assert auth.authorize("/instances", method, PROXY, basic("alice", ADMIN_PW)).allowed
+
+
+def test_scheme_is_case_insensitive(auth: HttpAuthenticator) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW, scheme="basic")).allowed
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW, scheme="BASIC")).allowed
+
+
+def test_password_may_contain_a_colon(store: Store, auth: HttpAuthenticator) -> None:
+    store.add_user("carol", fast_hash("pass:word:with:colons"), "admin")
+    assert auth.authorize("/system", "GET", PROXY, basic("carol", "pass:word:with:colons")).allowed
+    assert not auth.authorize("/system", "GET", PROXY, basic("carol", "pass")).allowed
+
+
+def test_no_header_is_denied(auth: HttpAuthenticator) -> None:
+    decision = auth.authorize("/system", "GET", PROXY, {})
+    assert not decision.allowed and decision.user is None
+    assert decision.reason == "no valid credentials"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "Basic",
+        "Basic ",
+        "Basic !!!not-base64!!!",
+        "Basic " + _b64(b"alice:" + ADMIN_PW.encode())[:-2],  # truncated: bad padding
+        "Basic " + _b64(b"alice") ,  # no colon
+        "Basic " + _b64(b":" + ADMIN_PW.encode()),  # empty user name
+        "Basic " + _b64(b"\xffalice:\xfe"),  # not UTF-8
+        "Bearer " + _b64(b"alice:" + ADMIN_PW.encode()),  # other scheme
+        _b64(b"alice:" + ADMIN_PW.encode()),  # no scheme
+    ],
+    ids=["empty", "scheme-only", "scheme-space", "not-base64", "bad-padding", "no-colon", "no-user",
+         "not-utf8", "bearer", "no-scheme"],
+)
+def test_malformed_authorization_is_denied(auth: HttpAuthenticator, verify_calls: list[str], header: str) -> None:
+    decision = auth.authorize("/system", "GET", PROXY, {"authorization": header})
+    assert not decision.allowed and decision.user is None
+    assert decision.reason == "no valid credentials"
+    assert verify_calls == []  # rejected before any password work
+
+
+def test_wrong_password_is_denied(auth: HttpAuthenticator, caplog: pytest.LogCaptureFixture) -> None:
+    decision = auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW + "x"))
+    assert not decision.allowed and decision.user is None
+    assert "HTTP authentication failed for user 'alice'" in caplog.text
+    assert ADMIN_PW not in caplog.text
+
+
+def test_unknown_user_is_denied_after_a_dummy_verification(auth: HttpAuthenticator, verify_calls: list[str]) -> None:
+    decision = auth.authorize("/system", "GET", PROXY, basic("mallory", ADMIN_PW))
+    assert not decision.allowed and decision.user is None
+    # Same scrypt work as for a real user, so response timing does not reveal which user names exist.
+    assert verify_calls == [http_auth._DUMMY_HASH]
+
+
+def test_dummy_hash_is_well_formed_with_real_parameters() -> None:
+    scheme, n, r, p, salt, key = http_auth._DUMMY_HASH.split("$")
+    assert scheme == "scrypt"
+    assert (int(n), int(r), int(p)) == (passwords.SCRYPT_N, passwords.SCRYPT_R, passwords.SCRYPT_P)
+    assert len(base64.b64decode(salt, validate=True)) == 16
+    assert len(base64.b64decode(key, validate=True)) == 32
+
+
+# -- roles -------------------------------------------------------------------------------------------------
+def test_physician_is_denied_by_default(auth: HttpAuthenticator) -> None:
+    decision = auth.authorize("/studies", "GET", PROXY, basic("bob", DOCTOR_PW))
+    assert not decision.allowed
+    assert decision.user == "bob"
+    assert decision.reason == "role 'physician' has no access to GET '/studies' yet"
+
+
+@pytest.mark.parametrize("role", [r for r in http_auth.ROLES if r != "admin"] + ["superuser", "Admin", ""])
+def test_every_role_but_admin_is_denied(store: Store, auth: HttpAuthenticator, role: str) -> None:
+    store.add_user("user", fast_hash("user-password-0000"), role)
+    decision = auth.authorize("/system", "GET", PROXY, basic("user", "user-password-0000"))
+    assert not decision.allowed
+    assert decision.user == "user"
+
+
+def test_disabled_user_is_denied(store: Store, auth: HttpAuthenticator) -> None:
+    sql(store, "UPDATE users SET disabled = 1 WHERE username = ?", "alice")
+    decision = auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
+    assert not decision.allowed
+    assert (decision.user, decision.reason) == ("alice", "account disabled")
+
+
+def test_disabled_user_is_denied_even_when_cached(
+    store: Store, auth: HttpAuthenticator, verify_calls: list[str]
+) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    sql(store, "UPDATE users SET disabled = 1 WHERE username = ?", "alice")
+    decision = auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
+    assert not decision.allowed and decision.reason == "account disabled"
+    assert len(verify_calls) == 1  # the credential was still cached: disabling does not depend on expiry
+
+
+def test_deleted_user_is_denied_even_when_cached(store: Store, auth: HttpAuthenticator) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    sql(store, "DELETE FROM users WHERE username = ?", "alice")
+    assert not auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+
+
+def test_role_change_applies_even_when_cached(store: Store, auth: HttpAuthenticator) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    sql(store, "UPDATE users SET role = 'auditor' WHERE username = ?", "alice")
+    assert not auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+
+
+# -- verification cache ------------------------------------------------------------------------------------
+def test_second_request_is_served_from_cache(auth: HttpAuthenticator, verify_calls: list[str]) -> None:
+    for _ in range(3):
+        assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert len(verify_calls) == 1
+
+
+def test_password_change_invalidates_the_cache(
+    store: Store, auth: HttpAuthenticator, verify_calls: list[str]
+) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    new_password = "a-brand-new-password"
+    sql(store, "UPDATE users SET password_hash = ? WHERE username = ?", fast_hash(new_password), "alice")
+
+    assert not auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert len(verify_calls) == 2  # the cached old credential was not accepted without checking
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", new_password)).allowed
+
+
+def test_cache_entry_expires(auth: HttpAuthenticator, clock: Clock, verify_calls: list[str]) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    clock.now += 59
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert len(verify_calls) == 1
+    clock.now += 2
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert len(verify_calls) == 2
+
+
+def test_cache_can_be_disabled(make_auth: Callable[..., HttpAuthenticator], verify_calls: list[str]) -> None:
+    auth = make_auth(cache_seconds=0)
+    for _ in range(2):
+        assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert len(verify_calls) == 2
+
+
+def test_cache_does_not_let_a_wrong_password_in(auth: HttpAuthenticator, verify_calls: list[str]) -> None:
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert not auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW[:-1])).allowed
+    assert len(verify_calls) == 2
+
+
+def test_failed_attempts_are_not_cached(auth: HttpAuthenticator, verify_calls: list[str]) -> None:
+    for _ in range(2):
+        assert not auth.authorize("/system", "GET", PROXY, basic("alice", "wrong-password")).allowed
+    assert len(verify_calls) == 2
+
+
+def test_cached_credential_of_one_user_does_not_serve_another(
+    store: Store, auth: HttpAuthenticator, verify_calls: list[str]
+) -> None:
+    store.add_user("alice2", fast_hash(ADMIN_PW), "admin")
+    assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
+    assert auth.authorize("/system", "GET", PROXY, basic("alice2", ADMIN_PW)).allowed
+    assert len(verify_calls) == 2
+
+
+def test_cache_holds_no_password(auth: HttpAuthenticator) -> None:
+    auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
+    assert len(auth._cache) == 1
+    assert not any(ADMIN_PW.encode() in key for key in auth._cache)
+
+
+# -- client address ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("peer", [PROXY, "::1"])
+def test_client_ip_from_header_when_peer_is_a_trusted_proxy(auth: HttpAuthenticator, peer: str) -> None:
+    assert auth.client_ip(peer, {"x-securepacs-client-ip": " 203.0.113.9 "}) == "203.0.113.9"
+
+
+def test_client_ip_header_is_ignored_from_an_untrusted_peer(auth: HttpAuthenticator) -> None:
+    assert auth.client_ip("198.51.100.7", {"x-securepacs-client-ip": "127.0.0.1"}) == "198.51.100.7"
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-securepacs-client-ip": ""}, {"x-forwarded-for": "203.0.113.9"}])
+def test_client_ip_falls_back_to_the_peer(auth: HttpAuthenticator, headers: dict[str, str]) -> None:
+    assert auth.client_ip(PROXY, headers) == PROXY
+
+
+def test_decision_carries_the_client_ip(auth: HttpAuthenticator) -> None:
+    headers = {"x-securepacs-client-ip": "203.0.113.9"}
+    assert auth.authorize("/securepacs/health", "GET", PROXY, headers).client_ip == "203.0.113.9"
+    assert auth.authorize("/system", "GET", PROXY, headers).client_ip == "203.0.113.9"
+    assert auth.authorize("/system", "GET", "198.51.100.7", headers).client_ip == "198.51.100.7"
