@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-
 from orthanc_stub import FakeRestOutput, OrthancStub, StubNotImplemented, installed
+
 from securepacs import passwords
 from securepacs.plugin_config import ConfigError, PluginConfig
 
@@ -48,9 +49,9 @@ def adapter(orthanc: OrthancStub) -> ModuleType:
 # -- the stub itself ---------------------------------------------------------------------------------------
 def test_stub_raises_on_anything_not_stubbed(orthanc: OrthancStub) -> None:
     with pytest.raises(StubNotImplemented, match=r"orthanc\.RegisterOnStoredInstanceCallback is not stubbed"):
-        orthanc.RegisterOnStoredInstanceCallback
+        _ = orthanc.RegisterOnStoredInstanceCallback
     with pytest.raises(AttributeError, match="NEW_STUDY"):
-        orthanc.ChangeType.NEW_STUDY
+        _ = orthanc.ChangeType.NEW_STUDY
     with pytest.raises(AttributeError, match="not stubbed"):
         orthanc.RestApiGet("/patients")
     assert not hasattr(orthanc, "RestApiPost")
@@ -71,8 +72,7 @@ def test_only_the_adapter_imports_orthanc() -> None:
     importers = sorted(
         str(p.relative_to(PLUGIN_DIR))
         for p in (PLUGIN_DIR / "securepacs").rglob("*.py")
-        if any(line.strip() in ("import orthanc", "from orthanc import *") or line.startswith("from orthanc ")
-               for line in p.read_text(encoding="utf-8").splitlines())
+        if re.search(r"^\s*(import|from)\s+orthanc\b", p.read_text(encoding="utf-8"), re.MULTILINE)
     )
     assert importers == ["securepacs/adapter.py"]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_plugin_modalities import FakeModalityApi
 
 from securepacs import __version__, health, passwords
 from securepacs.app import SecurePacsApp
 from securepacs.modalities import PREFIX
 from securepacs.plugin_config import PluginConfig
-from test_plugin_modalities import FakeModalityApi
 
 ADMIN_PW = "admin-password-1234"
 SYSTEM = {"Name": "SecurePACS", "Version": "1.10.1", "DicomAet": "SECUREPACS", "DatabaseVersion": 6}
