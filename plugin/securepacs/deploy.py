@@ -112,7 +112,11 @@ def ensure_admin(store: Store, credential_path: Path) -> bool:
         return False
     password = passwords.generate_password()
     _mkdir(credential_path.parent, 0o700)
-    fd = os.open(credential_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(credential_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise DeployError(f"{credential_path} exists but the store has no admin account (an interrupted first "
+                          "start?): remove the file to create a new admin") from None
     with os.fdopen(fd, "w") as fh:
         fh.write(f"username: {ADMIN_USER}\npassword: {password}\n")
     store.add_user(ADMIN_USER, passwords.hash_password(password), "admin")

@@ -44,7 +44,7 @@ def verify_password(password: str, encoded: str) -> bool:
         kdf = Scrypt(salt=base64.b64decode(salt), length=_LEN, n=int(n), r=int(r), p=int(p))
         kdf.verify(password.encode("utf-8"), base64.b64decode(key))
         return True
-    except (ValueError, InvalidKey):
+    except (ValueError, TypeError, OverflowError, InvalidKey):  # a corrupt stored hash never matches
         return False
 
 

@@ -7,6 +7,7 @@ the plugin refuses to load so Orthanc stops with that message instead of running
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,15 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
     if not isinstance(proxies, list):
         raise _fail("TrustedProxies", proxies, "a list of IP addresses")
     for p in proxies:
+        if not isinstance(p, str):
+            raise _fail("TrustedProxies", proxies, "a list of IP addresses")
         try:
             ipaddress.ip_address(p)
         except (ValueError, TypeError):
             raise _fail("TrustedProxies", proxies, "a list of IP addresses") from None
 
     header = section.get("ClientIpHeader", PluginConfig.client_ip_header)
-    if not isinstance(header, str) or not header or not all(c.isalnum() or c == "-" for c in header):
+    if not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header):
         raise _fail("ClientIpHeader", header, "an HTTP header name (letters, digits, '-')")
 
     cache = section.get("AuthCacheSeconds", PluginConfig.auth_cache_seconds)

@@ -1,0 +1,70 @@
+"""``securepacs bench``: start each archive configuration, send the same data, write a report + plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from securepacs.bench.configs import SPECS
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from securepacs.bench.runner import DATASETS
+
+    p = subparsers.add_parser(
+        "bench",
+        help="ingest benchmark: stock/bare/TLS/full-stack Orthanc, storescu vs our client",
+        description=(
+            "Start each configuration (a stock plain, b bare plain tuned, c bare native TLS, d full stack, "
+            "e full stack without plugin) on free loopback ports, send the same deterministic data with "
+            "DCMTK storescu and our client, and write report.md + PNG plots to --output."
+        ),
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="small data set, 2 rounds, a subset of cells (every configuration once); < 2 minutes")
+    p.add_argument("--output", "-o", type=Path, default=Path("results"), metavar="DIR",
+                   help="results folder (default ./results; a timestamped subfolder is NOT created)")
+    p.add_argument("--rounds", type=_positive_int, metavar="N",
+                   help="interleaved rounds per cell (default 5, quick 2)")
+    p.add_argument("--datasets", nargs="+", choices=[k for k in DATASETS if k != "quick"], metavar="NAME",
+                   help="full mode data sets: ct small large (default all)")
+    p.add_argument("--configs", nargs="+", choices=list(SPECS), default=list(SPECS), metavar="KEY",
+                   help="configurations to run, a-e (default all)")
+    p.add_argument("--workdir", type=Path, metavar="DIR",
+                   help="where data and Orthanc storage go (default a fresh dir under /dev/shm)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (data, logs) afterwards")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from securepacs.bench import report, runner
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    t0 = time.monotonic()
+    options = runner.Options(quick=args.quick, rounds=args.rounds, datasets=args.datasets,
+                             configs=tuple(args.configs), workdir_parent=args.workdir, keep=args.keep)
+    try:
+        results = runner.run(options, log=log)
+    except Exception as exc:
+        print(f"securepacs: error: bench failed: {exc}", file=sys.stderr)
+        return 1
+    path = report.write(results, args.output, log=log)
+    failed = sum(1 for cr in results.cells for r in cr.runs if r is None)
+    print(f"{path} ({time.monotonic() - t0:.0f} s{f', {failed} failed runs' if failed else ''})")
+    return 1 if failed else 0
