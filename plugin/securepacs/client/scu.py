@@ -93,6 +93,10 @@ def _send_one(assoc: Association, item: DicomFile, msg_id: int,
     except (ValueError, AttributeError) as exc:  # no matching context / missing elements / cannot encode
         return NOT_SENT, str(exc)
     if "Status" not in status:
+        if assoc.is_established:
+            # No answer leaves the association unusable (the peer gave up on this message, or our DIMSE
+            # timeout fired): end it so the next file goes out on a fresh association, not a dead one.
+            assoc.abort()
         return FAILURE, "no C-STORE response (DIMSE timeout or association aborted)"
     code = int(status.Status)
     category = code_to_category(code)
@@ -150,19 +154,27 @@ class _Worker(threading.Thread):
                 if self.stop.is_set():
                     self.results.record(item.path, NOT_SENT, "interrupted")
                     continue
-                if not assoc.is_established:
-                    # The previous exchange ended the association (peer abort, timeout): try a new one.
-                    logger.warning("association %s ended; reconnecting", self.name)
-                    if (new := self._connect()) is None:
-                        self.results.record(item.path, NOT_SENT, str(self.error))
-                        return
-                    assoc, msg_id, accepted = new, 0, _accepted(new)
-                msg_id = msg_id % 65535 + 1
-                try:
-                    outcome, detail = _send_one(assoc, item, msg_id, accepted)
-                except Exception as exc:  # one bad file must not take the other files down with it
-                    logger.debug("sending %s failed", item.path, exc_info=True)
-                    outcome, detail = FAILURE, f"{type(exc).__name__}: {exc}"
+                for attempt in (1, 2):
+                    if not assoc.is_established:
+                        # The previous exchange ended the association (peer abort, timeout): try a new one.
+                        logger.warning("association %s ended; reconnecting", self.name)
+                        if (new := self._connect()) is None:
+                            self.results.record(item.path, NOT_SENT, str(self.error))
+                            return
+                        assoc, msg_id, accepted = new, 0, _accepted(new)
+                    msg_id = msg_id % 65535 + 1
+                    try:
+                        outcome, detail = _send_one(assoc, item, msg_id, accepted)
+                        break
+                    except RuntimeError as exc:
+                        if attempt == 1 and not assoc.is_established:
+                            continue  # the association died between the check and the send: resend once
+                        outcome, detail = FAILURE, f"{type(exc).__name__}: {exc}"
+                        break
+                    except Exception as exc:  # one bad file must not take the other files down with it
+                        logger.debug("sending %s failed", item.path, exc_info=True)
+                        outcome, detail = FAILURE, f"{type(exc).__name__}: {exc}"
+                        break
                 logger.debug("%s %s (SOP Instance UID %s)", outcome, item.path, item.sop_instance_uid)
                 self.results.record(item.path, outcome, detail, item.size)
         finally:
