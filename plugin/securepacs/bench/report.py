@@ -98,7 +98,7 @@ def targets(results: Results) -> list[Target]:
         delta = _mb(hd - he)
         status = "met" if delta <= 150 else f"missed by {delta - 150:.0f} MB"
         out.append(Target("Orthanc+plugin peak RSS vs bare", "≤ bare + 150 MB",
-                          f"{_mb(hd):.0f} MB vs {_mb(he):.0f} MB (+{delta:.0f} MB)", status, how))
+                          f"{_mb(hd):.0f} MB vs {_mb(he):.0f} MB ({delta:+.0f} MB)", status, how))
     else:
         out.append(Target("Orthanc+plugin peak RSS vs bare", "≤ bare + 150 MB", "not measured", "not measured", how))
     per_ds: dict[str, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # Also when started in the background (SIGINT ignored) or stopped with SIGTERM: the runner's cleanup
+    # (stop every Orthanc, remove the work directory) must run.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     t0 = time.monotonic()
     options = runner.Options(quick=args.quick, rounds=args.rounds, datasets=args.datasets,
                              configs=tuple(args.configs), workdir_parent=args.workdir, keep=args.keep)
