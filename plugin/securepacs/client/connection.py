@@ -32,6 +32,8 @@ MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1-255
 # The largest PDU we accept. pynetdicom's default (16 KiB) costs many small reads on C-GET; 128 KiB is the
 # largest value DCMTK tools offer, so every peer we talk to handles it.
 MAX_PDU = 131_072
+# Seconds to wait for any DIMSE response; bounded so a silent peer cannot hang a transfer forever.
+DEFAULT_DIMSE_TIMEOUT = 120.0
 # How long the failure probe waits for a TLS alert after the handshake (TLS 1.3 servers reject a client
 # certificate only after the client already considers the handshake done).
 _ALERT_WAIT = 2.0
@@ -49,7 +51,7 @@ class Connection:
     called_aet: str = DEFAULT_AET
     tls: TlsConfig | None = None
     acse_timeout: float = 30.0
-    dimse_timeout: float | None = None
+    dimse_timeout: float | None = DEFAULT_DIMSE_TIMEOUT
     max_pdu: int = field(default=MAX_PDU)
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ from securepacs.client import (
     move,
     store,
 )
-from securepacs.client.connection import DEFAULT_CALLING_AET
+from securepacs.client.connection import DEFAULT_CALLING_AET, DEFAULT_DIMSE_TIMEOUT
 from securepacs.client.query import LEVELS, parse_key
 from securepacs.settings import DEFAULT_AET
 
@@ -77,8 +77,9 @@ def _common_options() -> argparse.ArgumentParser:
                      help=f"the peer's AE title (default {DEFAULT_AET})")
     net.add_argument("-ta", "--acse-timeout", type=float, default=30.0, metavar="SECONDS",
                      help="timeout for association negotiation and TCP connect (default 30)")
-    net.add_argument("-td", "--dimse-timeout", type=float, default=None, metavar="SECONDS",
-                     help="timeout waiting for a DIMSE response (default unlimited)")
+    # Bounded by default: a peer that silently stops answering must not hang a clinic's upload forever.
+    net.add_argument("-td", "--dimse-timeout", type=float, default=DEFAULT_DIMSE_TIMEOUT, metavar="SECONDS",
+                     help=f"timeout waiting for a DIMSE response (default {DEFAULT_DIMSE_TIMEOUT:.0f})")
     net.add_argument("-v", "--verbose", dest="client_verbose", action="store_true",
                      help="debug output, including pynetdicom's own log")
     tls = common.add_argument_group("mutual TLS")
