@@ -9,18 +9,9 @@ import time
 from pathlib import Path
 
 from securepacs.bench.configs import SPECS
+from securepacs.commands.argtypes import positive_int
 
 EXIT_USAGE = 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="small data set, 2 rounds, a subset of cells (every configuration once); < 2 minutes")
     p.add_argument("--output", "-o", type=Path, default=Path("results"), metavar="DIR",
                    help="results folder (default ./results; a timestamped subfolder is NOT created)")
-    p.add_argument("--rounds", type=_positive_int, metavar="N",
+    p.add_argument("--rounds", type=positive_int, metavar="N",
                    help="interleaved rounds per cell (default 5, quick 2)")
     p.add_argument("--datasets", nargs="+", choices=[k for k in DATASETS if k != "quick"], metavar="NAME",
                    help="full mode data sets: ct small large (default all)")

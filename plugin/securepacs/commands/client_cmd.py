@@ -31,6 +31,7 @@ from securepacs.client import (
 )
 from securepacs.client.connection import DEFAULT_CALLING_AET, DEFAULT_DIMSE_TIMEOUT
 from securepacs.client.query import LEVELS, parse_key
+from securepacs.commands.argtypes import positive_int, tcp_port
 from securepacs.settings import DEFAULT_AET
 
 logger = logging.getLogger(__name__)
@@ -46,30 +47,10 @@ _EPILOG = (
 )
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port number 1-65535")
-    return port
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return value
-
-
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("host", metavar="HOST", help="peer host name or IP address")
-    common.add_argument("port", metavar="PORT", type=_port, help="peer TCP port (SecurePACS: 2762)")
+    common.add_argument("port", metavar="PORT", type=tcp_port, help="peer TCP port (SecurePACS: 2762)")
     net = common.add_argument_group("association")
     net.add_argument("-aet", "--calling-aet", default=DEFAULT_CALLING_AET, metavar="AET",
                      help=f"our AE title (default {DEFAULT_CALLING_AET})")
@@ -128,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = ops.add_parser("store", parents=[common], help="C-STORE files and folders (recursive)", epilog=_EPILOG)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="DICOM file or folder")
-    p.add_argument("--parallel", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--parallel", type=positive_int, default=1, metavar="N",
                    help="number of parallel associations (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_guarded(_run_store))
