@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orthanc  # provided by Orthanc's Python plugin at run time
 
 from securepacs import plugin_config
+from securepacs.web import Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +97,106 @@ def register_lifecycle(on_started: Callable[[], None], on_stopped: Callable[[], 
             on_stopped()
 
     orthanc.RegisterOnChangeCallback(_on_change)
+
+
+# -- Orthanc's own REST API, called in-process (no HTTP, no filter) ----------------------------------------
+class RestApi:
+    """Internal REST calls and index lookups, for services that need Orthanc's data."""
+
+    def get_json(self, uri: str) -> Any:
+        return json.loads(orthanc.RestApiGet(uri))
+
+    def get_bytes(self, uri: str) -> bytes:
+        return orthanc.RestApiGet(uri)
+
+    def post_json(self, uri: str, body: Any) -> Any:
+        return json.loads(orthanc.RestApiPost(uri, json.dumps(body)))
+
+    def post_bytes(self, uri: str, body: bytes) -> bytes:
+        return orthanc.RestApiPost(uri, body)
+
+    def lookup(self, level: str, uid: str) -> str | None:
+        """Orthanc ID of the resource with this DICOM UID at ``level`` (study|series|instance), or None."""
+        lookup = {"study": orthanc.LookupStudy, "series": orthanc.LookupSeries, "instance": orthanc.LookupInstance}
+        try:
+            return lookup[level](uid)
+        except orthanc.OrthancException:  # unknown (or, for duplicated UIDs, ambiguous) resource
+            return None
+
+
+# -- DIMSE ---------------------------------------------------------------------------------------------
+FindQuery = list[tuple[int, int, str]]  # (group, element, value) as Orthanc parsed the C-FIND identifier
+
+
+def register_find(handler: Callable[[FindQuery, str, str], Iterable[bytes]]) -> None:
+    """Replace Orthanc's C-FIND SCP; ``handler(query, calling_aet, called_aet)`` yields encoded answers."""
+
+    def _on_find(answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
+        items = [
+            (query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i), query.GetFindQueryValue(i))
+            for i in range(query.GetFindQuerySize())
+        ]
+        for answer in handler(items, issuer_aet, called_aet):
+            answers.FindAddAnswer(answer)
+
+    orthanc.RegisterFindCallback(_on_find)
+
+
+def register_move(handler: Callable[[Mapping[str, str]], None]) -> None:
+    """Replace Orthanc's C-MOVE SCP; ``handler(request)`` performs the whole move or raises to fail it."""
+
+    def _on_move(**request: Any) -> None:
+        handler({k: "" if v is None else str(v) for k, v in request.items()})
+
+    orthanc.RegisterMoveCallback(_on_move)
+
+
+def register_cstore_filter(handler: Callable[[bytes, str], int]) -> None:
+    """``handler(dicom_bytes, calling_aet)`` returns 0 to store or the DIMSE failure status to send."""
+
+    def _filter(received: Any) -> int:
+        try:
+            return handler(received.GetInstanceData(), received.GetInstanceRemoteAet())
+        except Exception:
+            log.exception("C-STORE filter failed; instance refused")
+            return 0xC000  # Failure: Cannot understand (fail closed)
+
+    orthanc.RegisterIncomingCStoreInstanceFilter(_filter)
+
+
+# -- HTTP routes served by the plugin --------------------------------------------------------------------
+def register_route(pattern: str, handler: Callable[[Request], Response]) -> None:
+    """Serve ``pattern`` (a regex; groups are passed on) with ``handler``. Errors become a JSON 500."""
+
+    def _callback(output: Any, uri: str, **request: Any) -> None:
+        match = re.fullmatch(pattern, uri)
+        req = Request(
+            method=request.get("method", "GET"),
+            client_ip="",  # set by the app from headers (trusted proxy)
+            uri=uri,
+            groups=match.groups() if match else (),
+            headers={k.lower(): v for k, v in (request.get("headers") or {}).items()},
+            get=request.get("get") or {},
+            body=request.get("body") or b"",
+        )
+        try:
+            resp = handler(req)
+        except Exception:
+            log.exception("handler for %r failed", pattern)
+            resp = Response.error(500, "internal error")
+        body = resp.body.encode() if isinstance(resp.body, str) else resp.body
+        for name, value in resp.headers.items():
+            output.SetHttpHeader(name, value)
+        if resp.status == 200:
+            output.AnswerBuffer(body, resp.content_type)
+        elif resp.status == 401:
+            output.SendUnauthorized("SecurePACS")
+        elif resp.status == 405:
+            output.SendMethodNotAllowed(resp.headers.get("Allow", "GET"))
+        elif resp.status in (301, 302, 303, 307):
+            output.Redirect(resp.headers.get("Location", "/"))
+        else:
+            # The body (our JSON reason) reaches the client because HttpDescribeErrors is on.
+            output.SendHttpStatus(resp.status, body, len(body))
+
+    orthanc.RegisterRestCallback(pattern, _callback)

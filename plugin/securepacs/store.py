@@ -1,4 +1,4 @@
-"""The plugin's own state: clinics, their AE titles and certificates, users.
+"""The plugin's own state: clinics, their AE titles and certificates, users, sessions, study ownership.
 
 One narrow interface over SQLite in the data dir. The SQL sticks to what PostgreSQL also accepts
 (``ON CONFLICT``, no SQLite-only types) so a second backend is a new class, not a rewrite. The command
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,7 +52,35 @@ CREATE TABLE IF NOT EXISTS users (
     disabled INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES users(username),
+    created_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    clinic TEXT NOT NULL REFERENCES clinics(name),
+    orthanc_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_by_clinic ON studies(clinic);
+CREATE INDEX IF NOT EXISTS studies_by_orthanc_id ON studies(orthanc_id);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid)
+);
 """
+
+# Columns added after schema 1 (ALTER TABLE ... ADD COLUMN works on SQLite and PostgreSQL alike).
+_USER_COLUMNS_V2 = {
+    "failed_logins": "INTEGER NOT NULL DEFAULT 0",
+    "locked_until": "REAL",
+    "totp_secret": "TEXT",
+    "password_changed_at": "TEXT",
+}
 
 
 class StoreError(Exception):
@@ -92,6 +120,36 @@ class User:
     clinic: str | None
     disabled: bool
     created_at: str
+    failed_logins: int = 0
+    locked_until: float | None = None  # epoch seconds
+    totp_secret: str | None = None
+    password_changed_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    token_hash: str
+    username: str
+    created_at: float  # epoch seconds
+    last_seen: float
+    expires_at: float  # absolute expiry
+
+
+@dataclass(frozen=True)
+class StudyOwner:
+    study_uid: str
+    clinic: str
+    orthanc_id: str
+    source: str
+    created_at: str
+
+
+_USER_FIELDS = ("username, password_hash, role, clinic, disabled, created_at, failed_logins, locked_until, "
+                "totp_secret, password_changed_at")
+
+
+def _user(row: tuple) -> User:
+    return User(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7], row[8], row[9])
 
 
 def utcnow() -> str:
@@ -118,9 +176,13 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            existing = {row[1] for row in db.execute("PRAGMA table_info(users)").fetchall()}
+            for column, spec in _USER_COLUMNS_V2.items():
+                if column not in existing:
+                    db.execute(f"ALTER TABLE users ADD COLUMN {column} {spec}")
             db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO NOTHING",
-                (str(SCHEMA_VERSION),),
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+                (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),
             )
             db.execute("INSERT INTO meta(key, value) VALUES ('generation', '0') ON CONFLICT(key) DO NOTHING")
 
@@ -264,17 +326,138 @@ class Store:
 
     def get_user(self, username: str) -> User | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT username, password_hash, role, clinic, disabled, created_at FROM users WHERE username = ?",
-                (username,),
-            ).fetchone()
-        return User(row[0], row[1], row[2], row[3], bool(row[4]), row[5]) if row else None
+            row = self._db.execute(f"SELECT {_USER_FIELDS} FROM users WHERE username = ?",  # noqa: S608 (constant column list)
+                                   (username,)).fetchone()
+        return _user(row) if row else None
+
+    def list_users(self, clinic: str | None = None) -> list[User]:
+        sql, args = f"SELECT {_USER_FIELDS} FROM users", ()  # noqa: S608 (constant column list)
+        if clinic is not None:
+            sql, args = sql + " WHERE clinic = ?", (clinic,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY username", args).fetchall()
+        return [_user(r) for r in rows]
 
     def count_users(self, role: str | None = None) -> int:
         with self._lock:
             if role is None:
                 return self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
             return self._db.execute("SELECT COUNT(*) FROM users WHERE role = ?", (role,)).fetchone()[0]
+
+    def _update_user(self, username: str, assignments: str, args: tuple, *, end_sessions: bool = False) -> None:
+        with self._tx() as db:
+            # ``assignments`` is always a literal from this class; values are bound parameters.
+            cur = db.execute(f"UPDATE users SET {assignments} WHERE username = ?", (*args, username))  # noqa: S608
+            if cur.rowcount == 0:
+                raise StoreError(f"unknown user {username!r}")
+            if end_sessions:
+                db.execute("DELETE FROM sessions WHERE username = ?", (username,))
+            self._bump(db)
+
+    def set_password(self, username: str, password_hash: str) -> None:
+        """New password: clears lockout and ends every session of the user."""
+        self._update_user(
+            username, "password_hash = ?, password_changed_at = ?, failed_logins = 0, locked_until = NULL",
+            (password_hash, utcnow()), end_sessions=True,
+        )
+
+    def set_disabled(self, username: str, disabled: bool) -> None:
+        self._update_user(username, "disabled = ?", (1 if disabled else 0,), end_sessions=disabled)
+
+    def set_totp_secret(self, username: str, secret: str | None) -> None:
+        self._update_user(username, "totp_secret = ?", (secret,), end_sessions=True)
+
+    def record_login_failure(self, username: str, now: float, max_failures: int, lock_seconds: float) -> int:
+        """Count a failed login; at ``max_failures`` lock the account. Returns the new failure count."""
+        with self._tx() as db:
+            row = db.execute("SELECT failed_logins FROM users WHERE username = ?", (username,)).fetchone()
+            if row is None:
+                return 0
+            failures = row[0] + 1
+            locked = now + lock_seconds if failures >= max_failures else None
+            db.execute(
+                "UPDATE users SET failed_logins = ?, locked_until = COALESCE(?, locked_until) WHERE username = ?",
+                (0 if locked else failures, locked, username),
+            )
+        return failures
+
+    def clear_login_failures(self, username: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE username = ?", (username,))
+
+    # -- sessions --------------------------------------------------------------------------------------
+    def create_session(self, token_hash: str, username: str, now: float, expires_at: float) -> Session:
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
+            db.execute(
+                "INSERT INTO sessions(token_hash, username, created_at, last_seen, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (token_hash, username, now, now, expires_at),
+            )
+        return Session(token_hash, username, now, now, expires_at)
+
+    def get_session(self, token_hash: str) -> Session | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT token_hash, username, created_at, last_seen, expires_at FROM sessions WHERE token_hash = ?",
+                (token_hash,),
+            ).fetchone()
+        return Session(*row) if row else None
+
+    def touch_session(self, token_hash: str, now: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE sessions SET last_seen = ? WHERE token_hash = ?", (now, token_hash))
+
+    def delete_session(self, token_hash: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+    # -- study ownership -------------------------------------------------------------------------------
+    def claim_study(self, study_uid: str, clinic: str, orthanc_id: str, source: str) -> StudyOwner:
+        """Attribute a study to ``clinic`` unless another clinic owns it; returns the (possibly other) owner.
+
+        Atomic, so two clinics racing to create the same Study Instance UID cannot both win.
+        """
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO studies(study_uid, clinic, orthanc_id, source, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(study_uid) DO NOTHING",
+                (study_uid, clinic, orthanc_id, source, utcnow()),
+            )
+            row = db.execute(
+                "SELECT study_uid, clinic, orthanc_id, source, created_at FROM studies WHERE study_uid = ?",
+                (study_uid,),
+            ).fetchone()
+        return StudyOwner(*row)
+
+    def study_owner(self, study_uid: str) -> StudyOwner | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT study_uid, clinic, orthanc_id, source, created_at FROM studies WHERE study_uid = ?",
+                (study_uid,),
+            ).fetchone()
+        return StudyOwner(*row) if row else None
+
+    def owner_of_orthanc_study(self, orthanc_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT clinic FROM studies WHERE orthanc_id = ?", (orthanc_id,)).fetchone()
+        return row[0] if row else None
+
+    def clinic_orthanc_studies(self, clinic: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT orthanc_id FROM studies WHERE clinic = ?", (clinic,)).fetchall()
+        return {r[0] for r in rows}
+
+    def claim_series(self, series_uid: str, study_uid: str) -> str:
+        """Record which study a Series Instance UID belongs to; returns the study it already belonged to."""
+        with self._tx() as db:
+            db.execute("INSERT INTO series(series_uid, study_uid) VALUES (?, ?) ON CONFLICT(series_uid) DO NOTHING",
+                       (series_uid, study_uid))
+            return db.execute("SELECT study_uid FROM series WHERE series_uid = ?", (series_uid,)).fetchone()[0]
+
+    def study_of_series(self, series_uid: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT study_uid FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        return row[0] if row else None
 
 
 def _match_owner(path: Path, like: Path) -> None:

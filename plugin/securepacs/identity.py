@@ -1,0 +1,27 @@
+"""Who is asking: the principal every policy decision is about, over HTTP or DICOM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ADMIN = "admin"
+PHYSICIAN = "physician"
+CLINIC_DEVICE = "clinic-device"
+AUDITOR = "auditor"
+ROLES = (ADMIN, PHYSICIAN, CLINIC_DEVICE, AUDITOR)
+# Roles that act for exactly one clinic: they must name it, and they only ever see its studies.
+CLINIC_ROLES = frozenset({PHYSICIAN, CLINIC_DEVICE})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated actor. ``clinic`` is set for clinic roles and DICOM peers, None for admins/auditors."""
+
+    name: str  # username, or the calling AE title for a DICOM peer
+    role: str
+    clinic: str | None
+    via: str = "http"  # http | dicom
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == ADMIN
