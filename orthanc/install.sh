@@ -20,7 +20,7 @@ done
 
 say() { printf '[install] %s\n' "$*"; }
 
-PACKAGES=(orthanc orthanc-python nginx python3 python3-venv ca-certificates openssl dcmtk)
+PACKAGES=(orthanc orthanc-python orthanc-dicomweb nginx python3 python3-venv ca-certificates openssl dcmtk)
 [ "$WITH_TESTS" = 1 ] && PACKAGES+=(procps)
 
 missing=()

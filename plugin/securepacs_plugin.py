@@ -4,7 +4,12 @@ from securepacs import adapter
 from securepacs.app import SecurePacsApp
 
 adapter.install_logging()
-app = SecurePacsApp(adapter.read_config(), adapter.RestModalityApi(), adapter.orthanc_system)
+app = SecurePacsApp(adapter.read_config(), adapter.RestApi(), adapter.RestModalityApi(), adapter.orthanc_system)
 adapter.register_http_filter(app.filter_http)
 adapter.register_json_get("/securepacs/health", app.health)
+adapter.register_cstore_filter(app.on_cstore)
+adapter.register_find(app.on_find)
+adapter.register_move(app.on_move)
+for pattern, handler in app.routes():
+    adapter.register_route(pattern, handler)
 adapter.register_lifecycle(app.on_started, app.on_stopped)

@@ -67,10 +67,19 @@ def orthanc_system() -> Mapping[str, Any]:
     return json.loads(orthanc.RestApiGet("/system"))
 
 
-def register_http_filter(check: Callable[[str, int, str, Mapping[str, str]], bool]) -> None:
+def _decoded(arguments: Mapping[str, str] | None) -> dict[str, str]:
+    """GET arguments as values: the plugin hands them over still percent-encoded (and keeps only the last
+    of a repeated key)."""
+    return {urllib.parse.unquote_plus(k): urllib.parse.unquote_plus(v) for k, v in (arguments or {}).items()}
+
+
+def register_http_filter(check: Callable[[str, int, str, Mapping[str, str], Mapping[str, str]], bool]) -> None:
     def _filter(uri: str, **request: Any) -> bool:
         try:
-            return check(uri, request.get("method", 0), request.get("ip", ""), request.get("headers", {}))
+            return check(
+                uri, request.get("method", 0), request.get("ip", ""), request.get("headers", {}),
+                _decoded(request.get("get")),
+            )
         except Exception:
             # Fail closed: an error in the policy must never let a request through.
             log.exception("HTTP filter failed; request refused")
@@ -131,9 +140,16 @@ FindQuery = list[tuple[int, int, str]]  # (group, element, value) as Orthanc par
 def register_find(handler: Callable[[FindQuery, str, str], Iterable[bytes]]) -> None:
     """Replace Orthanc's C-FIND SCP; ``handler(query, calling_aet, called_aet)`` yields encoded answers."""
 
+    def _value(query: Any, i: int) -> str:
+        try:
+            return query.GetFindQueryValue(i)
+        except orthanc.OrthancException:
+            # Orthanc 1.10 raises for an empty key of a binary VR (e.g. "Rows" asked as a return key).
+            return ""
+
     def _on_find(answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
         items = [
-            (query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i), query.GetFindQueryValue(i))
+            (query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i), _value(query, i))
             for i in range(query.GetFindQuerySize())
         ]
         for answer in handler(items, issuer_aet, called_aet):
@@ -176,7 +192,7 @@ def register_route(pattern: str, handler: Callable[[Request], Response]) -> None
             uri=uri,
             groups=match.groups() if match else (),
             headers={k.lower(): v for k, v in (request.get("headers") or {}).items()},
-            get=request.get("get") or {},
+            get=_decoded(request.get("get")),
             body=request.get("body") or b"",
         )
         try:
@@ -193,10 +209,12 @@ def register_route(pattern: str, handler: Callable[[Request], Response]) -> None
             output.SendUnauthorized("SecurePACS")
         elif resp.status == 405:
             output.SendMethodNotAllowed(resp.headers.get("Allow", "GET"))
-        elif resp.status in (301, 302, 303, 307):
+        elif resp.status == 301:  # Orthanc's Redirect always sends 301
             output.Redirect(resp.headers.get("Location", "/"))
         else:
-            # The body (our JSON reason) reaches the client because HttpDescribeErrors is on.
-            output.SendHttpStatus(resp.status, body, len(body))
+            # The body (our JSON reason) reaches the client because HttpDescribeErrors is on. Plugin 4.0
+            # takes it as (status, str, byte length); anything else raises TypeError.
+            text = body.decode("utf-8", "replace")
+            output.SendHttpStatus(resp.status, text, len(text.encode("utf-8")))
 
     orthanc.RegisterRestCallback(pattern, _callback)

@@ -1,47 +1,179 @@
 """The plugin's composition root: builds the services from validated configuration.
 
-Knows nothing of the ``orthanc`` module: the adapter hands in what Orthanc provides (modality API,
-version probe) and translates Orthanc's callbacks into these plain methods, so all of it is
+Knows nothing of the ``orthanc`` module: the adapter hands in what Orthanc provides (REST API, modality
+API, version probe) and translates Orthanc's callbacks into these plain methods, so all of it is
 unit-testable without Orthanc.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
-from securepacs import __version__, health
+from securepacs import __version__, account_api, clinics, dicom_query, dicom_status, health, qido
+from securepacs.accounts import Accounts, AccountSettings
 from securepacs.http_auth import HTTP_METHODS, HttpAuthenticator
+from securepacs.identity import CLINIC_DEVICE, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
+from securepacs.move import MoveRefused, MoveService
 from securepacs.plugin_config import PluginConfig
+from securepacs.policy import HttpPolicy
 from securepacs.store import Store
+from securepacs.stow import StowService
+from securepacs.studies import StudyList
+from securepacs.tenancy import Tenancy
+from securepacs.web import Request, Response
 
 log = logging.getLogger(__name__)
+
+AnyHandler = Callable[[Request, Principal | None], Response]
+# Orthanc's HTTP port listens on loopback only (RemoteAccessAllowed false): every request to a plugin
+# route comes through nginx, whose client-address header the routes may therefore trust.
+PROXY_PEER = "127.0.0.1"
+
+
+class OrthancRest(Protocol):
+    def get_json(self, uri: str) -> Any: ...
+    def post_json(self, uri: str, body: Any) -> Any: ...
+    def post_bytes(self, uri: str, body: bytes) -> bytes: ...
+    def lookup(self, level: str, uid: str) -> str | None: ...
 
 
 class SecurePacsApp:
     def __init__(
-        self, config: PluginConfig, modality_api: ModalityApi, orthanc_system: Callable[[], Mapping[str, Any]]
+        self,
+        config: PluginConfig,
+        rest: OrthancRest,
+        modality_api: ModalityApi,
+        orthanc_system: Callable[[], Mapping[str, Any]],
     ):
         self.config = config
         self.store = Store(config.store_path)
+        self.tenancy = Tenancy(self.store, rest, on_security_event=self.security_event)
+        self.policy = HttpPolicy(self.tenancy)
+        self.accounts = Accounts(self.store, AccountSettings.from_config(config))
         self.auth = HttpAuthenticator(
-            self.store,
+            self.accounts,
+            self.policy.decide,
             trusted_proxies=config.trusted_proxies,
             client_ip_header=config.client_ip_header,
-            cache_seconds=config.auth_cache_seconds,
         )
         self.modalities = ModalitySync(self.store, modality_api)
+        self.queries = dicom_query.QueryEngine(rest, study_uids=self.store.study_uids_of)
+        self.moves = MoveService(self.store, self.tenancy, rest, on_security_event=self.security_event)
+        self.stow = StowService(self.tenancy, rest)
+        self.studies = StudyList(self.queries)
         self._orthanc_system = orthanc_system
 
+    def security_event(self, kind: str, details: Mapping[str, Any]) -> None:
+        """A refused cross-tenant attempt. The audit trail (next issue) records the details; the
+        operational log gets only the kind and the actor, never identifiers of patient data."""
+        log.warning("security event %r by clinic %r", kind, details.get("clinic"))
+
+    # -- DICOM -----------------------------------------------------------------------------------------
+    def dicom_principal(self, calling_aet: str) -> Principal | None:
+        clinic = self.store.clinic_for_aet(calling_aet)
+        if clinic is None or not clinic.active:
+            return None
+        return Principal(calling_aet, CLINIC_DEVICE, clinic.name, via="dicom")
+
+    def on_cstore(self, data: bytes, calling_aet: str) -> int:
+        principal = self.dicom_principal(calling_aet)
+        if principal is None or principal.clinic is None:
+            log.warning("C-STORE from %r refused: not an enrolled clinic", calling_aet)
+            return dicom_status.REFUSED_NOT_AUTHORIZED
+        return self.tenancy.admit(data, principal.clinic, f"dicom:{calling_aet}").status
+
+    def on_find(self, items: list[tuple[int, int, str]], calling_aet: str, _called_aet: str) -> Iterable[bytes]:
+        principal = self.dicom_principal(calling_aet)
+        if principal is None:
+            raise PermissionError(f"C-FIND from {calling_aet!r} refused: not an enrolled clinic")
+        level, identifier = dicom_query.parse_find_query(items)
+        answers = self.queries.find(level, identifier, self.tenancy.scope(principal))
+        log.info("C-FIND at %s level by %r: %d answer(s)", level, calling_aet, len(answers))
+        return [dicom_query.encode_answer(ds) for ds in answers]
+
+    def on_move(self, request: Mapping[str, str]) -> None:
+        try:
+            self.moves.move(request)
+        except MoveRefused as exc:
+            log.warning("C-MOVE refused: %s", exc)
+            raise
+
     # -- HTTP ------------------------------------------------------------------------------------------
-    def filter_http(self, uri: str, method_code: int, peer_ip: str, headers: Mapping[str, str]) -> bool:
+    def filter_http(
+        self, uri: str, method_code: int, peer_ip: str, headers: Mapping[str, str], get: Mapping[str, str] | None = None
+    ) -> bool:
         method = HTTP_METHODS.get(method_code, "OTHER")
-        decision = self.auth.authorize(uri, method, peer_ip, headers)
+        decision = self.auth.authorize(uri, method, peer_ip, headers, get or {})
         if not decision.allowed:
             log.info("HTTP %s %r from %r refused: %s", method, uri, decision.client_ip, decision.reason)
         return decision.allowed
+
+    def routes(self) -> list[tuple[str, Callable[[Request], Response]]]:
+        """The plugin's own HTTP routes, ready to register (the filter has already authorized each request)."""
+        own: list[tuple[str, str, AnyHandler]] = [
+            (r"/securepacs/api/studies", "authenticated", self.study_list),
+            (r"/securepacs/dicom-web/(studies|series|instances)", "authenticated", self.dicomweb),
+            (r"/securepacs/api/clinics", "admin", self.clinic_list),
+        ]
+        return [(pattern, self.bind(handler, access))
+                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store)]]
+
+    def bind(self, handler: AnyHandler, access: str = "authenticated") -> Callable[[Request], Response]:
+        """Give a route handler the request's principal and client address. Authenticated again here:
+        Orthanc does not pass the filter's result on (the credential cache makes this cheap)."""
+
+        def serve(req: Request) -> Response:
+            ip = self.auth.client_ip(PROXY_PEER, req.headers)
+            req = dataclasses.replace(req, client_ip=ip)
+            # Anonymous routes (login) do not look at credentials: a stray wrong Basic header on a login
+            # request must not count towards the account's lockout.
+            principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip)
+            if principal is None and access != "anonymous":
+                return Response.error(403, "authentication required")
+            return handler(req, principal)
+
+        return serve
+
+    def clinic_list(self, req: Request, principal: Principal | None) -> Response:
+        """Enrolled clinics with their AE titles, C-MOVE destination and certificate state (admins).
+        Enrolment itself stays on the command line: it needs the CA key, which Orthanc cannot read."""
+        if principal is None or not principal.is_admin:
+            return Response.error(403, "admin role required")
+        if req.method != "GET":
+            return Response(405, headers={"Allow": "GET"})
+        moves = {c.name: c for c in self.store.list_clinics()}
+        return Response.json({"clinics": [
+            {"name": row.clinic, "aets": list(row.aets), "status": row.status,
+             "certificateExpires": row.expires.isoformat() if row.expires else None,
+             "moveDestination": (f"{moves[row.clinic].move_host}:{moves[row.clinic].move_port}"
+                                 if moves[row.clinic].move_host else None),
+             "studies": len(self.store.clinic_orthanc_studies(row.clinic))}
+            for row in clinics.list_clinics(self.store)
+        ]})
+
+    def study_list(self, req: Request, principal: Principal | None) -> Response:
+        if principal is None:
+            return Response.error(403, "authentication required")
+        return self.studies.handle(req, principal, self.tenancy.scope(principal))
+
+    def dicomweb(self, req: Request, principal: Principal | None) -> Response:
+        if principal is None:
+            return Response.error(403, "authentication required")
+        resource = req.groups[0]
+        if req.method == "POST" and resource == "studies":
+            return self.stow.handle(req, principal)
+        if req.method != "GET":
+            return Response(405, headers={"Allow": "GET, POST" if resource == "studies" else "GET"})
+        try:
+            found = qido.search(self.queries, resource, req.get, self.tenancy.scope(principal))
+        except qido.QidoError as exc:
+            return Response.error(exc.status, str(exc))
+        return Response(200, json.dumps(found), "application/dicom+json")
 
     def health(self) -> dict[str, Any]:
         return health.report(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from securepacs import passwords
+from securepacs import passwords, user_admin
 from securepacs.pki import Pki
 from securepacs.settings import Settings
 from securepacs.store import Store
@@ -29,6 +29,7 @@ REPO_ROOT = Path(os.environ.get("SECUREPACS_HOME", Path(__file__).resolve().pare
 ORTHANC_DIR = REPO_ROOT / "orthanc"
 PLUGIN_SCRIPT = REPO_ROOT / "plugin" / "securepacs_plugin.py"
 PYTHON_PLUGIN = Path(os.environ.get("SECUREPACS_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so"))
+DICOMWEB_PLUGIN = Path(os.environ.get("SECUREPACS_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 CLIENT_IP_HEADER = "X-SecurePACS-Client-IP"
 ADMIN_USER = "admin"
 
@@ -110,7 +111,7 @@ def ensure_admin(store: Store, credential_path: Path) -> bool:
     """Create the first admin with a generated password, written once to a 0600 file."""
     if store.count_users("admin"):
         return False
-    password = passwords.generate_password()
+    password = user_admin.generate_password(ADMIN_USER)  # retries until it meets the strength rules
     _mkdir(credential_path.parent, 0o700)
     try:
         fd = os.open(credential_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -133,12 +134,23 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
         "DicomTlsCertificate": str(pki.server_cert_path),
         "DicomTlsPrivateKey": str(pki.server_key_path),
         "DicomTlsTrustedCertificates": str(pki.ca_cert_path),
-        "Plugins": [str(PYTHON_PLUGIN)],
+        "Plugins": [str(PYTHON_PLUGIN), str(DICOMWEB_PLUGIN)],
         "PythonScript": str(PLUGIN_SCRIPT),
+        # DICOMweb for viewers; nginx terminates TLS, so generated URLs must say https.
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": True,
+            "StudiesMetadata": "MainDicomTags",
+            "SeriesMetadata": "Full",
+        },
         "SecurePACS": {
             "Store": str(s.store_path),
             "TrustedProxies": ["127.0.0.1", "::1"],
             "ClientIpHeader": CLIENT_IP_HEADER,
+            **({"SessionIdleSeconds": s.session_idle_seconds} if s.session_idle_seconds else {}),
         },
     }
 
@@ -170,6 +182,8 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
             raise DeployError(f"{tool} is not installed: run scripts/up (or orthanc/install.sh) as root")
     if not PYTHON_PLUGIN.exists():
         raise DeployError(f"Orthanc's Python plugin {PYTHON_PLUGIN} is missing: install orthanc-python")
+    if not DICOMWEB_PLUGIN.exists():
+        raise DeployError(f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} is missing: install orthanc-dicomweb")
 
     _mkdir(s.data_dir, 0o750, users.orthanc)
     check_reachable(s.data_dir, users.orthanc)

@@ -1,63 +1,54 @@
-"""Authentication of HTTP requests reaching Orthanc through nginx.
+"""The HTTP filter's decision for requests reaching Orthanc through nginx.
 
-Every request is authenticated against the plugin's user store except the anonymous allow-list
-(health). Basic auth for API clients; the login page and sessions come with the viewer. The role
-matrix here is deliberately minimal (admins only): tenant-aware roles arrive with the access-policy
-issue, and until then anything that is not explicitly allowed is denied.
+Anonymous requests are allowed only to the exact allow-list (health, login). Everything else is
+authenticated by :class:`~securepacs.accounts.Accounts` and then put to the injected authorisation
+policy; anything the policy does not allow is refused.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import secrets
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from securepacs.passwords import verify_password
-from securepacs.store import Store, User
+from securepacs.accounts import Accounts
+from securepacs.identity import Principal
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS_PATHS = frozenset({"/securepacs/health"})
-ROLES = ("admin", "physician", "clinic-device", "auditor")
+# (method, exact URI): no prefix matching, so "/securepacs/health/../system" is not anonymous.
+ANONYMOUS = frozenset({("GET", "/securepacs/health"), ("POST", "/securepacs/login")})
 
 # OrthancPluginHttpMethod values as passed by the Python plugin's request filter.
 HTTP_METHODS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
 
 
-@dataclass(frozen=True)
-class Decision:
+class Verdict(Protocol):
     allowed: bool
-    user: str | None
-    client_ip: str
     reason: str
 
 
+# policy(principal, method, uri, get_arguments) -> (allowed, reason), or an object with those attributes
+Policy = Callable[[Principal, str, str, Mapping[str, str]], "tuple[bool, str] | Verdict"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    user: str | None  # set once credentials were verified, also when the policy refuses
+    client_ip: str
+    reason: str
+    principal: Principal | None = None
+
+
 class HttpAuthenticator:
-    def __init__(
-        self,
-        store: Store,
-        *,
-        trusted_proxies: tuple[str, ...],
-        client_ip_header: str,
-        cache_seconds: int = 60,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self._store = store
+    def __init__(self, accounts: Accounts, policy: Policy, *, trusted_proxies: tuple[str, ...],
+                 client_ip_header: str):
+        self._accounts = accounts
+        self._policy = policy
         self._proxies = frozenset(trusted_proxies)
         self._ip_header = client_ip_header.lower()
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        # scrypt costs ~0.1 s: remember successful checks briefly, keyed by an HMAC of the credential
-        # under a per-process random key so the cache never holds a reusable password digest.
-        self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, tuple[str, float]] = {}
-        self._lock = threading.Lock()
 
     def client_ip(self, peer_ip: str, headers: Mapping[str, str]) -> str:
         """The real client address: from the proxy's header only when the peer is a trusted proxy."""
@@ -67,52 +58,19 @@ class HttpAuthenticator:
                 return forwarded.strip()
         return peer_ip
 
-    def authorize(self, uri: str, method: str, peer_ip: str, headers: Mapping[str, str]) -> Decision:
+    def authorize(self, uri: str, method: str, peer_ip: str, headers: Mapping[str, str],
+                  get: Mapping[str, str] | None = None) -> Decision:
         ip = self.client_ip(peer_ip, headers)
-        if uri in ANONYMOUS_PATHS and method == "GET":
+        if (method, uri) in ANONYMOUS:
             return Decision(True, None, ip, "anonymous endpoint")
-        user = self._authenticate(headers.get("authorization", ""))
-        if user is None:
-            return Decision(False, None, ip, "no valid credentials")
-        if user.disabled:
-            return Decision(False, user.username, ip, "account disabled")
-        if user.role == "admin":
-            return Decision(True, user.username, ip, "admin")
-        return Decision(False, user.username, ip, f"role {user.role!r} has no access to {method} {uri!r} yet")
+        result = self._accounts.authenticate(method, headers, ip)
+        if result.principal is None:
+            return Decision(False, result.username, ip, result.reason)
+        verdict = self._policy(result.principal, method, uri, get or {})
+        allowed, reason = verdict if isinstance(verdict, tuple) else (verdict.allowed, verdict.reason)
+        return Decision(allowed is True, result.principal.name, ip, reason, result.principal)
 
-    def _authenticate(self, header: str) -> User | None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic" or not value:
-            return None
-        try:
-            username, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if not sep or not username:
-            return None
-        user = self._store.get_user(username)
-        digest = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
-        now = self._clock()
-        with self._lock:
-            hit = self._cache.get(digest)
-        # A cache hit counts only while the stored hash is unchanged: a password reset takes effect at once.
-        if user is not None and hit and hit[1] > now and hit[0] == user.password_hash:
-            return user
-        # Verify against a dummy hash for unknown users too, so timing does not reveal which names exist.
-        ok = verify_password(password, user.password_hash if user else _DUMMY_HASH) and user is not None
-        if not ok or user is None:
-            log.warning("HTTP authentication failed for user %r", username)
-            return None
-        if self._cache_seconds:
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[digest] = (user.password_hash, now + self._cache_seconds)
-        return user
-
-
-# A valid scrypt hash of a random string (same parameters as real hashes), for constant-ish timing.
-_DUMMY_HASH = (
-    "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
-)
+    def principal(self, method: str, headers: Mapping[str, str], client_ip: str = "") -> Principal | None:
+        """Who sent a request to one of the plugin's own routes (authenticated again there: Orthanc does not
+        pass the filter's result on; the credential cache keeps this cheap)."""
+        return self._accounts.authenticate(method, headers, client_ip).principal

@@ -42,12 +42,15 @@ def desired_modalities(store: Store) -> dict[str, dict[str, Any]]:
                 "Host": clinic.move_host or NO_MOVE_HOST,
                 "Port": clinic.move_port or NO_MOVE_PORT,
                 "Manufacturer": "Generic",
-                # Least privilege for a clinic device: echo, store, find, move (to itself), get.
+                # Least privilege for a clinic device: echo, store, find (tenant-scoped by the plugin),
+                # move (own studies, own destinations: checked by the plugin). No C-GET: Orthanc 1.10 gives
+                # plugins no C-GET hook, so it cannot be limited to the clinic's studies until the gateway
+                # inspects C-GET requests.
                 "AllowEcho": True,
                 "AllowStore": True,
                 "AllowFind": True,
                 "AllowMove": True,
-                "AllowGet": True,
+                "AllowGet": False,
                 "AllowEventReport": False,
                 "AllowNAction": False,
                 "AllowFindWorklist": False,

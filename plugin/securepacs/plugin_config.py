@@ -30,15 +30,29 @@ class PluginConfig:
     modality_sync_seconds: float = 2.0
     log_level: str = "INFO"
     dicom_tls: bool = True
+    # Accounts: HIPAA automatic logoff after 15 idle minutes; a session never outlives 12 hours; 5 wrong
+    # passwords lock the account for 15 minutes (an admin can unlock it earlier).
+    session_idle_seconds: int = 900
+    session_max_seconds: int = 43200
+    max_login_failures: int = 5
+    lockout_seconds: int = 900
 
 
 _KNOWN = {
     "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
+    "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds",
 }
 
 
 def _fail(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"configuration {SECTION}.{key} = {value!r} is invalid: expected {expected}")
+
+
+def _int_in(section: Mapping[str, Any], key: str, default: int, low: int, high: int, unit: str) -> int:
+    value = section.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _fail(key, value, f"an integer {unit} {low}-{high}")
+    return value
 
 
 def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
@@ -83,6 +97,15 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
     if level not in LOG_LEVELS:
         raise _fail("LogLevel", level, f"one of {list(LOG_LEVELS)}")
 
+    idle = _int_in(section, "SessionIdleSeconds", PluginConfig.session_idle_seconds, 1, 86400, "number of seconds")
+    longest = _int_in(section, "SessionMaxSeconds", PluginConfig.session_max_seconds, 1, 2592000,
+                      "number of seconds")
+    if longest < idle:
+        # Almost certainly a mix-up of the two keys: the idle limit would never apply.
+        raise _fail("SessionMaxSeconds", longest, f"at least SessionIdleSeconds ({idle})")
+    failures = _int_in(section, "MaxLoginFailures", PluginConfig.max_login_failures, 1, 100, "count")
+    lockout = _int_in(section, "LockoutSeconds", PluginConfig.lockout_seconds, 1, 86400, "number of seconds")
+
     # The archive must never run with plain DICOM: refuse to start rather than serve unencrypted.
     if orthanc_config.get("DicomTlsEnabled") is not True:
         raise ConfigError(
@@ -102,4 +125,8 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
         auth_cache_seconds=cache,
         modality_sync_seconds=float(sync),
         log_level=level,
+        session_idle_seconds=idle,
+        session_max_seconds=longest,
+        max_login_failures=failures,
+        lockout_seconds=lockout,
     )

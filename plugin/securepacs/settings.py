@@ -60,6 +60,7 @@ class Settings:
     aet: str = DEFAULT_AET
     hostnames: tuple[str, ...] = ("localhost",)
     nginx_dir_override: Path | None = None
+    session_idle_seconds: int | None = None  # None: the plugin's default (15 minutes)
 
     @property
     def store_path(self) -> Path:
@@ -102,4 +103,15 @@ def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> S
         aet=aet,
         hostnames=tuple(dict.fromkeys(hosts)),
         nginx_dir_override=(cwd / env["SECUREPACS_NGINX_DIR"]).resolve() if env.get("SECUREPACS_NGINX_DIR") else None,
+        session_idle_seconds=_idle_seconds(env),
     )
+
+
+def _idle_seconds(env: Mapping[str, str]) -> int | None:
+    raw = env.get("SECUREPACS_SESSION_IDLE_SECONDS", "").strip()
+    if not raw:
+        return None
+    # At most the plugin's default absolute session lifetime (12 h), which the idle limit may not exceed.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 43200:
+        raise SettingsError(f"SECUREPACS_SESSION_IDLE_SECONDS={raw!r} is invalid: expected whole seconds 1-43200")
+    return int(raw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -446,6 +446,21 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT orthanc_id FROM studies WHERE clinic = ?", (clinic,)).fetchall()
         return {r[0] for r in rows}
+
+    def study_uids_of(self, orthanc_ids: Iterable[str]) -> dict[str, str]:
+        """Orthanc study ID -> Study Instance UID for the owned studies among ``orthanc_ids``."""
+        ids = list(orthanc_ids)
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(ids), 500):  # stay below SQLite's bound-parameter limit
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT orthanc_id, study_uid FROM studies WHERE orthanc_id IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchall()
+                found.update(dict(rows))
+        return found
 
     def claim_series(self, series_uid: str, study_uid: str) -> str:
         """Record which study a Series Instance UID belongs to; returns the study it already belonged to."""

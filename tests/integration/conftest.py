@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts, evt
 
+from securepacs import pki
 from securepacs.client import Connection, TlsConfig
 from securepacs.client import echo as client_echo
 
@@ -384,3 +388,61 @@ def archive(request: pytest.FixtureRequest) -> Archive:
 @pytest.fixture(scope="session")
 def clinic_a(archive: Archive) -> Clinic:
     return archive.clinics["clinicA"]
+
+
+# -- the clinic's C-MOVE destination -----------------------------------------------------------------
+
+
+def scp_credentials(archive, directory: Path) -> tuple[Path, Path]:
+    """A serverAuth+clientAuth key/certificate for the clinic's retrieve SCP, issued by the archive's CA."""
+    ca_key, ca_cert = pki.Pki(archive.certs_dir).load_ca()
+    key, cert = pki.make_cert(ca_key, ca_cert, "clinicA retrieve SCP", usage="server+client",
+                              dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=1)
+    pki.write_key(directory / "scp.key", key)
+    pki.write_cert(directory / "scp.crt", cert)
+    return directory / "scp.key", directory / "scp.crt"
+
+
+@dataclass
+class MoveScp:
+    received: dict[str, bytes] = field(default_factory=dict)
+    syntaxes: set[str] = field(default_factory=set)
+    callers: set[str] = field(default_factory=set)
+    peer_certs: list[bytes] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_store(self, event: evt.Event) -> int:
+        sock = event.assoc.dul.socket.socket
+        with self.lock:
+            self.received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+            self.syntaxes.add(str(event.context.transfer_syntax))
+            self.callers.add(event.assoc.requestor.ae_title)
+            self.peer_certs.append(sock.getpeercert(binary_form=True))
+        return 0x0000
+
+
+@pytest.fixture
+def move_scp(native_archive, move_scp_port, tmp_path) -> Iterator[MoveScp]:
+    """The clinic's retrieve SCP (AE CLINICA at 127.0.0.1:move_scp_port), mutual TLS with the archive's CA.
+
+    Only the native archive can reach it: the compose stack's Orthanc runs in a container. The clinic
+    bundle's certificate is clientAuth-only, so the SCP gets its own serverAuth+clientAuth certificate from
+    the archive's CA; it requires and verifies the archive's client certificate.
+    """
+    key, cert = scp_credentials(native_archive, tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(native_archive.ca_cert))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+
+    scp = MoveScp()
+    ae = AE(ae_title="CLINICA")
+    ae.require_called_aet = True
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", move_scp_port), block=False, ssl_context=ctx,
+                             evt_handlers=[(evt.EVT_C_STORE, scp.on_store)])
+    try:
+        yield scp
+    finally:
+        server.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pwd
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import deploy, passwords, plugin_config
+from securepacs import deploy, passwords, plugin_config, user_admin
 from securepacs.deploy import DeployError, ServiceUsers
 from securepacs.pki import Pki
 from securepacs.settings import Settings
@@ -56,7 +57,7 @@ def test_render_nginx_leaves_nginx_variables_alone(settings: Settings, pki: Pki,
     variables = re.findall(r"\$\w+", template)
     assert variables  # the template does use nginx variables ($remote_addr, $host, ...)
     assert re.findall(r"\$\w+", text) == variables
-    assert "$remote_addr" in text and "$host" in text
+    assert "$remote_addr" in text and "$http_host" in text
 
 
 def test_render_nginx_without_worker_user(settings: Settings, pki: Pki, tmp_path: Path) -> None:
@@ -85,11 +86,37 @@ def test_orthanc_runtime_config(settings: Settings, pki: Pki, tmp_path: Path) ->
     assert cfg["DicomTlsCertificate"] == str(pki.server_cert_path)
     assert cfg["DicomTlsPrivateKey"] == str(pki.server_key_path)
     assert cfg["DicomTlsTrustedCertificates"] == str(pki.ca_cert_path)
-    assert cfg["Plugins"] == [str(deploy.PYTHON_PLUGIN)]
+    assert cfg["Plugins"] == [str(deploy.PYTHON_PLUGIN), str(deploy.DICOMWEB_PLUGIN)]
     assert cfg["PythonScript"] == str(deploy.PLUGIN_SCRIPT)
     assert Path(cfg["PythonScript"]).is_file() and Path(cfg["PythonScript"]).name == "securepacs_plugin.py"
     assert cfg["SecurePACS"]["Store"] == str(settings.store_path)
+    # Without an override the plugin's own session default applies: the key is left out.
+    assert "SessionIdleSeconds" not in cfg["SecurePACS"]
     json.dumps(cfg)  # written as JSON
+
+
+def test_orthanc_runtime_config_serves_dicomweb_behind_tls(settings: Settings, pki: Pki, tmp_path: Path) -> None:
+    web = deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")["DicomWeb"]
+    assert web["Enable"] is True and web["EnableWado"] is True
+    assert (web["Root"], web["WadoRoot"]) == ("/dicom-web/", "/wado")
+    # The policy's DICOMweb and WADO-URI rules are written for exactly these roots.
+    assert web["Ssl"] is True  # nginx terminates TLS: URLs Orthanc generates must say https
+
+
+def test_orthanc_runtime_config_passes_the_session_idle_limit(settings: Settings, pki: Pki, tmp_path: Path) -> None:
+    configured = dataclasses.replace(settings, session_idle_seconds=600)
+    cfg = deploy.orthanc_runtime_config(configured, pki, tmp_path / "storage")
+    assert cfg["SecurePACS"]["SessionIdleSeconds"] == 600
+    base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
+    assert plugin_config.parse({**base, **cfg}).session_idle_seconds == 600
+
+
+def test_every_accepted_session_idle_limit_starts_the_plugin(settings: Settings, pki: Pki, tmp_path: Path) -> None:
+    # The largest value from_env accepts must still satisfy SessionMaxSeconds (default) >= SessionIdleSeconds.
+    configured = dataclasses.replace(settings, session_idle_seconds=43200)
+    base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
+    cfg = deploy.orthanc_runtime_config(configured, pki, tmp_path / "storage")
+    assert plugin_config.parse({**base, **cfg}).session_idle_seconds == 43200
 
 
 def test_generated_configuration_is_accepted_by_the_plugin(settings: Settings, pki: Pki, tmp_path: Path) -> None:
@@ -136,6 +163,7 @@ def test_ensure_admin_creates_a_private_credential_once(fast_hash: None, store: 
     username, password = read_credential(path)
     assert username == "admin"
     passwords.check_strength(password)
+    user_admin.check_password_strength(password, "admin")  # the same rules as a password an admin sets
     user = store.get_user("admin")
     assert user is not None and user.role == "admin" and not user.disabled
     assert passwords.verify_password(password, user.password_hash)

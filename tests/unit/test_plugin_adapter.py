@@ -14,10 +14,21 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from orthanc_stub import FakeRestOutput, OrthancStub, StubNotImplemented, installed
+from orthanc_stub import (
+    FakeFindAnswers,
+    FakeFindQuery,
+    FakeReceivedInstance,
+    FakeRestOutput,
+    OrthancException,
+    OrthancStub,
+    StubNotImplemented,
+    installed,
+)
 
-from securepacs import passwords
+from securepacs import dicom_status, passwords
+from securepacs.move import MoveRefused
 from securepacs.plugin_config import ConfigError, PluginConfig
+from securepacs.web import Request, Response
 
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugin"
 ENTRY_SCRIPT = PLUGIN_DIR / "securepacs_plugin.py"
@@ -54,18 +65,42 @@ def test_stub_raises_on_anything_not_stubbed(orthanc: OrthancStub) -> None:
         _ = orthanc.ChangeType.NEW_STUDY
     with pytest.raises(AttributeError, match="not stubbed"):
         orthanc.RestApiGet("/patients")
-    assert not hasattr(orthanc, "RestApiPost")
+    with pytest.raises(AttributeError, match="not stubbed"):
+        orthanc.RestApiPost("/tools/find", "{}")
+    assert not hasattr(orthanc, "RestApiGetAfterPlugins")
+    with pytest.raises(OrthancException):
+        orthanc.LookupStudy("1.2.3")
+    with pytest.raises(AttributeError):
+        FakeRestOutput().SendHttpStatusCode(404)  # an output method the stub does not provide
+    with pytest.raises(TypeError):
+        FakeRestOutput().SendHttpStatus(403, b"bytes body", 10)  # plugin 4.0 wants a str body
 
 
-def test_stub_is_removed_after_use(tmp_path: Path) -> None:
+def test_stub_refuses_a_second_find_or_move_handler(orthanc: OrthancStub) -> None:
+    orthanc.RegisterFindCallback(lambda *_: None)
+    orthanc.RegisterMoveCallback(lambda **_: None)
+    with pytest.raises(OrthancException):
+        orthanc.RegisterFindCallback(lambda *_: None)
+    with pytest.raises(OrthancException):
+        orthanc.RegisterMoveCallback(lambda **_: None)
+
+
+def test_stub_is_removed_after_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with installed(OrthancStub(valid_config(tmp_path / "sp.db"))):
         importlib.import_module("securepacs.adapter")
         logging.getLogger("securepacs").propagate = False
     assert "orthanc" not in sys.modules
     assert "securepacs.adapter" not in sys.modules
     assert logging.getLogger("securepacs").propagate is True
-    with pytest.raises(ModuleNotFoundError, match="orthanc"):
-        importlib.import_module("securepacs.adapter")
+    # `python -m pytest` puts the checkout on sys.path, where the orthanc/ deployment directory would import
+    # as an empty namespace package: look only where a real ``orthanc`` module could come from.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "orthanc").is_dir()])
+    try:
+        with pytest.raises(ModuleNotFoundError, match="orthanc"):
+            importlib.import_module("securepacs.adapter")
+    finally:
+        for name in ("orthanc", "securepacs.adapter"):
+            sys.modules.pop(name, None)
 
 
 def test_only_the_adapter_imports_orthanc() -> None:
@@ -81,23 +116,24 @@ def test_only_the_adapter_imports_orthanc() -> None:
 def test_http_filter_passes_the_request_through(adapter: ModuleType, orthanc: OrthancStub) -> None:
     seen: list[tuple[Any, ...]] = []
 
-    def check(uri: str, method: int, ip: str, headers: dict[str, str]) -> bool:
-        seen.append((uri, method, ip, headers))
+    def check(uri: str, method: int, ip: str, headers: dict[str, str], get: dict[str, str]) -> bool:
+        seen.append((uri, method, ip, headers, get))
         return True
 
     adapter.register_http_filter(check)
     assert len(orthanc.http_filters) == 1
     # Orthanc's Python plugin calls filter(uri, method=<int>, ip=..., headers={...}, get={...}).
-    result = orthanc.http_filters[0]("/system", method=2, ip="127.0.0.1", headers={"authorization": "x"}, get={})
+    result = orthanc.http_filters[0]("/wado", method=1, ip="127.0.0.1", headers={"authorization": "x"},
+                                     get={"objectUID": "1.2.3"})
     assert result is True
-    assert seen == [("/system", 2, "127.0.0.1", {"authorization": "x"})]
+    assert seen == [("/wado", 1, "127.0.0.1", {"authorization": "x"}, {"objectUID": "1.2.3"})]
 
 
 def test_http_filter_defaults_for_missing_fields(adapter: ModuleType, orthanc: OrthancStub) -> None:
     seen: list[tuple[Any, ...]] = []
     adapter.register_http_filter(lambda *args: seen.append(args) or False)
     assert orthanc.http_filters[0]("/system") is False
-    assert seen == [("/system", 0, "", {})]
+    assert seen == [("/system", 0, "", {}, {})]
 
 
 def test_http_filter_fails_closed_when_the_check_raises(
@@ -234,6 +270,188 @@ def test_orthanc_system(adapter: ModuleType, orthanc: OrthancStub) -> None:
     assert adapter.orthanc_system()["Version"] == "1.10.1"
 
 
+def test_rest_api_reads_and_posts(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    rest = adapter.RestApi()
+    orthanc.rest_get["/instances/abc/file"] = b"DICM\x00\xff"
+    orthanc.rest_post["/tools/find"] = b'["s1", "s2"]'
+    orthanc.rest_post["/instances"] = b'{"ID": "abc"}'
+    assert rest.get_json("/system")["DicomAet"] == "SECUREPACS"
+    assert rest.get_bytes("/instances/abc/file") == b"DICM\x00\xff"  # binary answers are not decoded
+    assert rest.post_json("/tools/find", {"Level": "Study", "Query": {}}) == ["s1", "s2"]
+    assert rest.post_bytes("/instances", b"\x00DICOM") == b'{"ID": "abc"}'
+    assert orthanc.posted == [("/tools/find", b'{"Level": "Study", "Query": {}}'), ("/instances", b"\x00DICOM")]
+
+
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+def test_rest_api_lookup(adapter: ModuleType, orthanc: OrthancStub, level: str) -> None:
+    orthanc.resources[(level, "1.2.3")] = f"{level}-id"
+    rest = adapter.RestApi()
+    assert rest.lookup(level, "1.2.3") == f"{level}-id"
+    assert rest.lookup(level, "1.2.4") is None  # Orthanc raises for an unknown UID: that is "not found"
+    other = "instance" if level == "study" else "study"
+    assert rest.lookup(other, "1.2.3") is None  # the level is honoured
+
+
+# -- DIMSE -------------------------------------------------------------------------------------------------
+def test_find_converts_the_query_and_adds_every_answer(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    def handler(items: list[tuple[int, int, str]], calling: str, called: str) -> list[bytes]:
+        seen.append((items, calling, called))
+        return [b"answer-1", b"answer-2", b"answer-3"]
+
+    adapter.register_find(handler)
+    [callback] = orthanc.find_callbacks
+    items = [(0x0008, 0x0052, "STUDY"), (0x0010, 0x0010, "DOE^*"), (0x0020, 0x000D, "1.2\\1.3")]
+    answers = FakeFindAnswers()
+    callback(answers, FakeFindQuery(items), "NORTH_CT", "SECUREPACS")
+    assert seen == [(items, "NORTH_CT", "SECUREPACS")]
+    assert answers.answers == [b"answer-1", b"answer-2", b"answer-3"]
+
+
+def test_find_handler_errors_reach_orthanc(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    # A refusal must fail the C-FIND (Orthanc turns the exception into a failure status), not look like
+    # a successful search with no matches.
+    def refuse(*_: Any) -> list[bytes]:
+        raise PermissionError("not an enrolled clinic")
+
+    adapter.register_find(refuse)
+    answers = FakeFindAnswers()
+    with pytest.raises(PermissionError):
+        orthanc.find_callbacks[0](answers, FakeFindQuery([(0x0008, 0x0052, "STUDY")]), "EVIL", "SECUREPACS")
+    assert answers.answers == []
+
+
+def test_move_passes_every_argument_as_str(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    seen: list[dict[str, str]] = []
+    adapter.register_move(lambda request: seen.append(dict(request)))
+    [callback] = orthanc.move_callbacks
+    # Orthanc's Python plugin passes these keyword arguments; OriginatorID is an int, absent tags None.
+    callback(Level="STUDY", PatientID=None, AccessionNumber="", StudyInstanceUID="1.2.3", SeriesInstanceUID=None,
+             SOPInstanceUID=None, OriginatorAET="NORTH_CT", SourceAET="SECUREPACS", TargetAET="NORTH_WS",
+             OriginatorID=7)
+    assert seen == [{"Level": "STUDY", "PatientID": "", "AccessionNumber": "", "StudyInstanceUID": "1.2.3",
+                     "SeriesInstanceUID": "", "SOPInstanceUID": "", "OriginatorAET": "NORTH_CT",
+                     "SourceAET": "SECUREPACS", "TargetAET": "NORTH_WS", "OriginatorID": "7"}]
+    assert all(isinstance(v, str) for v in seen[0].values())
+
+
+def test_move_handler_errors_reach_orthanc(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    def refuse(_: Any) -> None:
+        raise RuntimeError("not the clinic's study")
+
+    adapter.register_move(refuse)
+    with pytest.raises(RuntimeError, match="not the clinic's"):
+        orthanc.move_callbacks[0](Level="STUDY", OriginatorAET="EVIL")
+
+
+@pytest.mark.parametrize("status", [dicom_status.SUCCESS, dicom_status.REFUSED_NOT_AUTHORIZED, 0xA700])
+def test_cstore_filter_returns_the_handlers_status(adapter: ModuleType, orthanc: OrthancStub, status: int) -> None:
+    seen: list[tuple[bytes, str]] = []
+
+    def handler(data: bytes, aet: str) -> int:
+        seen.append((data, aet))
+        return status
+
+    adapter.register_cstore_filter(handler)
+    [callback] = orthanc.cstore_filters
+    assert callback(FakeReceivedInstance(b"DICM-bytes", "NORTH_CT")) == status
+    assert seen == [(b"DICM-bytes", "NORTH_CT")]
+
+
+def test_cstore_filter_fails_closed(adapter: ModuleType, orthanc: OrthancStub,
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_data: bytes, _aet: str) -> int:
+        raise RuntimeError("store unavailable")
+
+    adapter.register_cstore_filter(broken)
+    assert orthanc.cstore_filters[0](FakeReceivedInstance(b"x", "NORTH_CT")) == 0xC000
+    assert "C-STORE filter failed; instance refused" in caplog.text
+    assert "store unavailable" in caplog.text  # with the traceback
+
+
+# -- plugin routes -----------------------------------------------------------------------------------------
+def call_route(orthanc: OrthancStub, pattern: str, uri: str, **request: Any) -> FakeRestOutput:
+    output = FakeRestOutput()
+    orthanc.rest_callbacks[pattern](output, uri, **request)
+    assert output.calls == 1, "exactly one answer per request"
+    return output
+
+
+def test_route_builds_the_request(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    seen: list[Request] = []
+    adapter.register_route(r"/securepacs/api/users/([^/]+)/(disable|enable)",
+                           lambda req: seen.append(req) or Response.json({"ok": True}))
+    output = call_route(orthanc, r"/securepacs/api/users/([^/]+)/(disable|enable)", "/securepacs/api/users/bob/disable",
+                        method="POST", headers={"Content-Type": "application/json", "X-Real-IP": "10.0.0.9"},
+                        body=b'{"a": 1}', groups=("bob", "disable"))
+    [req] = seen
+    assert req.method == "POST"
+    assert req.uri == "/securepacs/api/users/bob/disable"
+    assert req.groups == ("bob", "disable")
+    assert req.headers == {"content-type": "application/json", "x-real-ip": "10.0.0.9"}
+    assert req.body == b'{"a": 1}'
+    assert req.get == {}
+    assert req.client_ip == ""  # decided by the app from the trusted proxy's header, not here
+    assert json.loads(output.answers[0][0]) == {"ok": True}
+
+
+def test_route_passes_get_arguments_and_defaults(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    seen: list[Request] = []
+    adapter.register_route(r"/securepacs/api/studies", lambda req: seen.append(req) or Response())
+    call_route(orthanc, r"/securepacs/api/studies", "/securepacs/api/studies", method="GET",
+               get={"PatientName": "DOE*"})
+    call_route(orthanc, r"/securepacs/api/studies", "/securepacs/api/studies")
+    assert seen[0].get == {"PatientName": "DOE*"}
+    assert (seen[1].method, seen[1].headers, seen[1].get, seen[1].body, seen[1].groups) == ("GET", {}, {}, b"", ())
+
+
+def test_route_answers_200_with_body_and_type(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    adapter.register_route("/r", lambda _req: Response(200, '[{"x": "\u00e9"}]', "application/dicom+json",
+                                                       {"Cache-Control": "no-store"}))
+    output = call_route(orthanc, "/r", "/r", method="GET")
+    assert output.answers == [('[{"x": "\u00e9"}]', "application/dicom+json")]
+    assert output.headers == [("Cache-Control", "no-store")]
+
+
+@pytest.mark.parametrize(("status", "field", "expected"), [
+    (401, "statuses", [(401, "SecurePACS")]),
+    (405, "not_allowed", ["GET, POST"]),
+    (301, "redirects", ["/app/"]),
+])
+def test_route_uses_orthancs_dedicated_answers(adapter: ModuleType, orthanc: OrthancStub, status: int, field: str,
+                                               expected: list[Any]) -> None:
+    headers = {"Allow": "GET, POST"} if status == 405 else {"Location": "/app/"} if status == 301 else {}
+    adapter.register_route("/r", lambda _req: Response(status, b"ignored", headers=headers))
+    output = call_route(orthanc, "/r", "/r", method="POST")
+    assert getattr(output, field) == expected
+    assert output.answers == []
+
+
+@pytest.mark.parametrize("status", [201, 400, 403, 404, 409, 413, 500])
+def test_route_sends_other_statuses_with_a_text_body(adapter: ModuleType, orthanc: OrthancStub, status: int) -> None:
+    adapter.register_route("/r", lambda _req: Response.json({"error": "nöpe"}, status, {"Cache-Control": "no-store"}))
+    output = call_route(orthanc, "/r", "/r", method="POST")
+    [(sent, body)] = output.statuses
+    assert sent == status
+    assert isinstance(body, str) and json.loads(body) == {"error": "nöpe"}
+    assert output.headers == [("Cache-Control", "no-store")]
+
+
+def test_route_turns_a_handler_error_into_500(adapter: ModuleType, orthanc: OrthancStub,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_req: Request) -> Response:
+        raise RuntimeError("secret detail /var/lib/x")
+
+    adapter.register_route("/r", broken)
+    output = call_route(orthanc, "/r", "/r", method="GET")
+    [(status, body)] = output.statuses
+    assert status == 500
+    assert json.loads(body) == {"error": "internal error"}
+    assert "secret detail" not in body  # the client never sees the exception
+    assert "handler for '/r' failed" in caplog.text and "secret detail" in caplog.text
+
+
 # -- entry script ------------------------------------------------------------------------------------------
 def load_entry_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("securepacs_plugin", ENTRY_SCRIPT)
@@ -251,13 +469,30 @@ def test_entry_script_only_wires(orthanc: OrthancStub, tmp_path: Path) -> None:
         assert any(isinstance(h, adapter.OrthancLogHandler) for h in logging.getLogger("securepacs").handlers)
         # 2. the request filter, bound to the app's policy
         [http_filter] = orthanc.http_filters
-        assert http_filter("/securepacs/health", method=1, ip="127.0.0.1", headers={}) is True
-        assert http_filter("/system", method=1, ip="127.0.0.1", headers={}) is False
-        # 3. the anonymous health endpoint
-        assert list(orthanc.rest_callbacks) == ["/securepacs/health"]
-        # 4. the lifecycle
+        assert http_filter("/securepacs/health", method=1, ip="127.0.0.1", headers={}, get={}) is True
+        assert http_filter("/system", method=1, ip="127.0.0.1", headers={}, get={}) is False
+        # 3. the anonymous health endpoint and the app's own routes, nothing else
+        assert list(orthanc.rest_callbacks) == ["/securepacs/health", *(p for p, _ in plugin.app.routes())]
+        assert {"/securepacs/login", "/securepacs/api/studies",
+                "/securepacs/dicom-web/(studies|series|instances)"} <= set(orthanc.rest_callbacks)
+        # 4. DIMSE: one C-FIND and one C-MOVE handler, one C-STORE filter, all bound to the app
+        assert (len(orthanc.find_callbacks), len(orthanc.move_callbacks), len(orthanc.cstore_filters)) == (1, 1, 1)
+        with pytest.raises(PermissionError):
+            orthanc.find_callbacks[0](FakeFindAnswers(), FakeFindQuery([(0x0008, 0x0052, "STUDY")]), "EVIL",
+                                      "SECUREPACS")
+        assert orthanc.cstore_filters[0](FakeReceivedInstance(b"x", "EVIL")) == dicom_status.REFUSED_NOT_AUTHORIZED
+        with pytest.raises(MoveRefused, match="not an enrolled clinic"):
+            orthanc.move_callbacks[0](Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="EVIL",
+                                      TargetAET="EVIL", OriginatorID=1)
+        # 5. the lifecycle
         assert len(orthanc.change_callbacks) == 1
         assert plugin.app.store.path == tmp_path / "data" / "securepacs.db"
+
+        # A plugin route refuses a request without credentials (it authenticates again itself).
+        output = FakeRestOutput()
+        orthanc.rest_callbacks["/securepacs/api/studies"](output, "/securepacs/api/studies", method="GET",
+                                                          headers={}, get={})
+        assert [status for status, _ in output.statuses] == [403]
 
         plugin.app.store.add_user("alice", passwords.hash_password("admin-password-1", n=2**10), "admin")
         plugin.app.store.add_clinic("north", ["NORTH_CT"])
@@ -281,4 +516,5 @@ def test_entry_script_refuses_to_load_with_bad_config(orthanc: OrthancStub) -> N
     assert orthanc.http_filters == []
     assert orthanc.rest_callbacks == {}
     assert orthanc.change_callbacks == []
+    assert orthanc.find_callbacks == orthanc.move_callbacks == orthanc.cstore_filters == []
     assert any(level == "error" and "Refusing to start" in message for level, message in orthanc.logs)

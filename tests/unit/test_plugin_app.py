@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import sqlite3
@@ -13,10 +14,15 @@ from typing import Any
 import pytest
 from test_plugin_modalities import FakeModalityApi
 
-from securepacs import __version__, health, passwords
+from securepacs import __version__, dicom_status, health, passwords
 from securepacs.app import SecurePacsApp
+from securepacs.identity import PHYSICIAN, Principal
 from securepacs.modalities import PREFIX
+from securepacs.move import MoveRefused
 from securepacs.plugin_config import PluginConfig
+from securepacs.synth import StudySpec, instance
+from securepacs.tenancy import read_ids
+from securepacs.web import Request, Response
 
 ADMIN_PW = "admin-password-1234"
 SYSTEM = {"Name": "SecurePACS", "Version": "1.10.1", "DicomAet": "SECUREPACS", "DatabaseVersion": 6}
@@ -71,6 +77,32 @@ def test_every_check_runs_even_after_a_failure() -> None:
 
 
 # -- SecurePacsApp -----------------------------------------------------------------------------------------
+class FakeRest:
+    """Orthanc's REST API and index as the app's services see them. Only what a test puts in answers;
+    anything else fails the test, so an unexpected call into Orthanc is noticed."""
+
+    def __init__(self) -> None:
+        self.json: dict[str, Any] = {}  # GET uri -> answer
+        self.uids: dict[tuple[str, str], str] = {}  # (level, DICOM UID) -> Orthanc ID
+        self.calls: list[tuple[str, str]] = []
+
+    def get_json(self, uri: str) -> Any:
+        self.calls.append(("GET", uri))
+        if uri not in self.json:
+            raise LookupError(f"unknown resource {uri}")  # what Orthanc answers for a missing resource
+        return self.json[uri]
+
+    def post_json(self, uri: str, body: Any) -> Any:
+        raise AssertionError(f"unexpected POST {uri} {body!r}")
+
+    def post_bytes(self, uri: str, body: bytes) -> bytes:
+        raise AssertionError(f"unexpected POST {uri} ({len(body)} bytes)")
+
+    def lookup(self, level: str, uid: str) -> str | None:
+        self.calls.append(("LOOKUP", f"{level}:{uid}"))
+        return self.uids.get((level, uid))
+
+
 class FakeSystem:
     def __init__(self) -> None:
         self.error: Exception | None = None
@@ -92,8 +124,13 @@ def system() -> FakeSystem:
 
 
 @pytest.fixture
-def app(tmp_path: Path, api: FakeModalityApi, system: FakeSystem) -> Iterator[SecurePacsApp]:
-    a = SecurePacsApp(PluginConfig(store_path=tmp_path / "data" / "securepacs.db"), api, system)
+def rest() -> FakeRest:
+    return FakeRest()
+
+
+@pytest.fixture
+def app(tmp_path: Path, rest: FakeRest, api: FakeModalityApi, system: FakeSystem) -> Iterator[SecurePacsApp]:
+    a = SecurePacsApp(PluginConfig(store_path=tmp_path / "data" / "securepacs.db"), rest, api, system)
     a.store.add_user("alice", passwords.hash_password(ADMIN_PW, n=2**10), "admin")
     yield a
     a.modalities.stop()
@@ -112,9 +149,9 @@ def test_filter_maps_orthanc_method_codes(
     seen: list[str] = []
     real = app.auth.authorize
 
-    def spy(uri: str, m: str, peer: str, headers: Mapping[str, str]) -> Any:
+    def spy(uri: str, m: str, peer: str, headers: Mapping[str, str], get: Mapping[str, str]) -> Any:
         seen.append(m)
-        return real(uri, m, peer, headers)
+        return real(uri, m, peer, headers, get)
 
     monkeypatch.setattr(app.auth, "authorize", spy)
     app.filter_http("/system", code, "127.0.0.1", {})
@@ -141,10 +178,11 @@ def test_refusal_is_logged_with_client_ip_but_no_secret(app: SecurePacsApp, capl
     assert headers["authorization"].split()[1] not in caplog.text
 
 
-def test_app_uses_the_configured_proxy_and_header(tmp_path: Path, api: FakeModalityApi, system: FakeSystem) -> None:
+def test_app_uses_the_configured_proxy_and_header(tmp_path: Path, rest: FakeRest, api: FakeModalityApi,
+                                                  system: FakeSystem) -> None:
     config = PluginConfig(store_path=tmp_path / "sp.db", trusted_proxies=("10.0.0.2",), client_ip_header="x-real-ip",
                           auth_cache_seconds=0)
-    a = SecurePacsApp(config, api, system)
+    a = SecurePacsApp(config, rest, api, system)
     try:
         assert a.auth.client_ip("10.0.0.2", {"x-real-ip": "203.0.113.9"}) == "203.0.113.9"
         assert a.auth.client_ip("127.0.0.1", {"x-real-ip": "203.0.113.9"}) == "127.0.0.1"
@@ -208,3 +246,181 @@ def test_stop_ends_the_sync_thread_and_closes_the_store(app: SecurePacsApp) -> N
     assert not thread.is_alive()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         app.store.generation()
+
+
+# -- DICOM ---------------------------------------------------------------------------------------------------
+def dicom_bytes(spec: StudySpec, index: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    instance(spec, index).save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+SPEC = StudySpec(seed="app-test", slices=1, rows=8, columns=8)
+
+
+def test_cstore_from_an_unknown_aet_is_refused(app: SecurePacsApp, rest: FakeRest,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    assert app.on_cstore(dicom_bytes(SPEC), "EVIL_CT") == dicom_status.REFUSED_NOT_AUTHORIZED == 0x0124
+    assert app.store.study_owner(SPEC.study_uid) is None  # nothing was claimed for the stranger
+    assert rest.calls == []
+    assert "C-STORE from 'EVIL_CT' refused: not an enrolled clinic" in caplog.text
+
+
+def test_cstore_from_a_revoked_clinic_is_refused(app: SecurePacsApp) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    app.store.revoke_clinic("north")
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert app.store.study_owner(SPEC.study_uid) is None
+
+
+def test_cstore_admits_an_enrolled_clinics_instance(app: SecurePacsApp) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    app.store.add_clinic("south", ["SOUTH_CT"])
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
+    owner = app.store.study_owner(SPEC.study_uid)
+    assert owner is not None and owner.clinic == "north" and owner.source == "dicom:NORTH_CT"
+    assert owner.orthanc_id == read_ids(dicom_bytes(SPEC)).orthanc_study
+    # Another clinic cannot write into the study it now owns.
+    assert app.on_cstore(dicom_bytes(SPEC, 1), "SOUTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
+
+
+def test_cstore_of_garbage_cannot_be_understood(app: SecurePacsApp) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    assert app.on_cstore(b"not dicom at all", "NORTH_CT") == dicom_status.STORE_ERROR_CANNOT_UNDERSTAND
+
+
+FIND_STUDIES = [(0x0008, 0x0052, "STUDY"), (0x0020, 0x000D, ""), (0x0010, 0x0010, "")]
+
+
+def test_find_from_an_unknown_aet_is_refused(app: SecurePacsApp, rest: FakeRest) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    with pytest.raises(PermissionError, match="'EVIL_CT' refused: not an enrolled clinic"):
+        app.on_find(FIND_STUDIES, "EVIL_CT", "SECUREPACS")
+    assert rest.calls == []  # refused before Orthanc is asked anything
+
+
+def test_find_by_a_clinic_without_studies_finds_nothing(app: SecurePacsApp, rest: FakeRest) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    assert list(app.on_find(FIND_STUDIES, "NORTH_CT", "SECUREPACS")) == []
+    assert rest.calls == []  # an empty scope never reaches Orthanc (which would match every clinic's studies)
+
+
+def test_move_from_an_unknown_aet_is_refused_and_logged(app: SecurePacsApp, caplog: pytest.LogCaptureFixture) -> None:
+    request = {"Level": "STUDY", "StudyInstanceUID": SPEC.study_uid, "OriginatorAET": "EVIL_CT",
+               "TargetAET": "EVIL_CT", "OriginatorID": "1"}
+    with pytest.raises(MoveRefused):
+        app.on_move(request)
+    assert "C-MOVE refused: calling AE title 'EVIL_CT' is not an enrolled clinic" in caplog.text
+
+
+# -- HTTP: filter with GET arguments, routes -------------------------------------------------------------------
+PHYSICIAN_PW = "physician-password-1234"
+
+
+def admit_to_orthanc(app: SecurePacsApp, rest: FakeRest, clinic: str, aet: str, spec: StudySpec) -> str:
+    """Store ``spec``'s first instance as ``clinic`` and make the fake Orthanc index know it; its SOP UID."""
+    data = dicom_bytes(spec)
+    assert app.on_cstore(data, aet) == dicom_status.SUCCESS
+    ids = read_ids(data)
+    series_id = f"series-of-{ids.orthanc_instance}"
+    rest.uids[("instance", ids.sop_uid)] = ids.orthanc_instance
+    rest.json[f"/instances/{ids.orthanc_instance}"] = {"ParentSeries": series_id}
+    rest.json[f"/series/{series_id}"] = {"ParentStudy": ids.orthanc_study}
+    return ids.sop_uid
+
+
+def test_filter_passes_get_arguments_to_the_policy(app: SecurePacsApp, rest: FakeRest) -> None:
+    # WADO-URI names the object only in its query string: the filter must see it to check ownership.
+    app.store.add_clinic("north", ["NORTH_CT"])
+    app.store.add_clinic("south", ["SOUTH_CT"])
+    app.store.add_user("doc", passwords.hash_password(PHYSICIAN_PW, n=2**10), PHYSICIAN, "north")
+    own = admit_to_orthanc(app, rest, "north", "NORTH_CT", SPEC)
+    foreign = admit_to_orthanc(app, rest, "south", "SOUTH_CT", StudySpec(seed="south", slices=1, rows=8, columns=8))
+    doc = basic("doc", PHYSICIAN_PW)
+    assert app.filter_http("/wado", 1, "127.0.0.1", doc, {"requestType": "WADO", "objectUID": own}) is True
+    assert app.filter_http("/wado", 1, "127.0.0.1", doc, {"requestType": "WADO", "objectUID": foreign}) is False
+    assert app.filter_http("/wado", 1, "127.0.0.1", doc, {"requestType": "WADO"}) is False
+    assert app.filter_http("/wado", 1, "127.0.0.1", doc) is False  # no arguments: nothing to check, refused
+
+
+def test_routes_are_the_plugins_own_and_accounts(app: SecurePacsApp) -> None:
+    patterns = [pattern for pattern, _ in app.routes()]
+    assert patterns[:2] == ["/securepacs/api/studies", "/securepacs/dicom-web/(studies|series|instances)"]
+    assert {"/securepacs/login", "/securepacs/logout", "/securepacs/api/me", "/securepacs/api/users"} <= set(patterns)
+    assert len(patterns) == len(set(patterns))  # Orthanc refuses a pattern registered twice
+
+
+def request(uri: str, method: str = "GET", headers: Mapping[str, str] | None = None,
+            groups: tuple[str, ...] = ()) -> Request:
+    return Request(method=method, uri=uri, groups=groups, headers=dict(headers or {}), get={}, body=b"")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Request, Principal | None]] = []
+
+    def __call__(self, req: Request, principal: Principal | None) -> Response:
+        self.calls.append((req, principal))
+        return Response.json({"ok": True})
+
+
+@pytest.mark.parametrize("access", ["authenticated", "admin"])
+def test_bind_refuses_a_request_without_credentials(app: SecurePacsApp, access: str) -> None:
+    handler = Recorder()
+    response = app.bind(handler, access)(request("/securepacs/api/me"))
+    assert response.status == 403
+    assert json.loads(response.body) == {"error": "authentication required"}
+    assert handler.calls == []
+
+
+def test_bind_refuses_wrong_credentials(app: SecurePacsApp) -> None:
+    handler = Recorder()
+    response = app.bind(handler)(request("/securepacs/api/me", headers=basic("alice", "wrong-password")))
+    assert response.status == 403
+    assert handler.calls == []
+
+
+def test_bind_gives_the_handler_the_principal_and_client_ip(app: SecurePacsApp) -> None:
+    handler = Recorder()
+    headers = {**basic("alice", ADMIN_PW), "x-securepacs-client-ip": "203.0.113.9"}
+    assert app.bind(handler)(request("/securepacs/api/me", headers=headers)).status == 200
+    [(req, principal)] = handler.calls
+    assert principal is not None and principal.name == "alice" and principal.is_admin
+    assert req.client_ip == "203.0.113.9"  # the route comes through nginx, whose header is trusted
+
+
+def test_bind_does_not_authenticate_anonymous_routes(app: SecurePacsApp) -> None:
+    # A stale wrong Basic header on a login request must neither be checked nor count towards lockout.
+    handler = Recorder()
+    headers = basic("alice", "wrong-password")
+    assert app.bind(handler, "anonymous")(request("/securepacs/login", "POST", headers)).status == 200
+    [(_, principal)] = handler.calls
+    assert principal is None
+    user = app.store.get_user("alice")
+    assert user is not None and user.failed_logins == 0
+
+
+def test_login_route_works_without_credentials(app: SecurePacsApp) -> None:
+    handlers = dict(app.routes())
+    body = json.dumps({"username": "alice", "password": ADMIN_PW}).encode()
+    login = Request(method="POST", uri="/securepacs/login", groups=(), body=body, get={},
+                    headers={"content-type": "application/json", "x-securepacs-client-ip": "203.0.113.9"})
+    response = handlers["/securepacs/login"](login)
+    assert response.status == 200, response.body
+    token = json.loads(response.body)["token"]
+    # The session it opened is accepted by the authenticated routes; no credentials at all are not.
+    me = handlers["/securepacs/api/me"](request("/securepacs/api/me", headers={"authorization": f"Bearer {token}"}))
+    assert me.status == 200, me.body
+    assert handlers["/securepacs/api/me"](request("/securepacs/api/me")).status == 403
+    assert handlers["/securepacs/api/studies"](request("/securepacs/api/studies")).status == 403
+
+
+def test_dicomweb_allows_only_get_except_stow(app: SecurePacsApp) -> None:
+    doc = Principal("doc", PHYSICIAN, "north")
+    series = app.dicomweb(request("/securepacs/dicom-web/series", "DELETE", groups=("series",)), doc)
+    assert (series.status, series.headers) == (405, {"Allow": "GET"})
+    studies = app.dicomweb(request("/securepacs/dicom-web/studies", "PUT", groups=("studies",)), doc)
+    assert (studies.status, studies.headers) == (405, {"Allow": "GET, POST"})
+    assert app.dicomweb(request("/securepacs/dicom-web/studies", groups=("studies",)), None).status == 403
+    assert app.study_list(request("/securepacs/api/studies"), None).status == 403

@@ -32,6 +32,9 @@ def test_minimal_section_gets_defaults() -> None:
     assert cfg.modality_sync_seconds == 2.0
     assert cfg.log_level == "INFO"
     assert cfg.dicom_tls is True
+    # HIPAA automatic logoff after 15 idle minutes; lockout after 5 failures for 15 minutes.
+    assert (cfg.session_idle_seconds, cfg.session_max_seconds) == (900, 43200)
+    assert (cfg.max_login_failures, cfg.lockout_seconds) == (5, 900)
 
 
 def test_every_key_is_read() -> None:
@@ -41,6 +44,10 @@ def test_every_key_is_read() -> None:
         "AuthCacheSeconds": 0,
         "ModalitySyncSeconds": 5,
         "LogLevel": "DEBUG",
+        "SessionIdleSeconds": 300,
+        "SessionMaxSeconds": 3600,
+        "MaxLoginFailures": 3,
+        "LockoutSeconds": 60,
     }))
     assert cfg.trusted_proxies == ("10.0.0.1", "fd00::1")
     assert cfg.client_ip_header == "x-real-ip"  # Orthanc hands header names to the filter in lower case
@@ -48,10 +55,15 @@ def test_every_key_is_read() -> None:
     assert cfg.modality_sync_seconds == 5.0
     assert isinstance(cfg.modality_sync_seconds, float)
     assert cfg.log_level == "DEBUG"
+    assert (cfg.session_idle_seconds, cfg.session_max_seconds) == (300, 3600)
+    assert (cfg.max_login_failures, cfg.lockout_seconds) == (3, 60)
 
 
 @pytest.mark.parametrize(("key", "value"), [("AuthCacheSeconds", 3600), ("ModalitySyncSeconds", 0.2),
-                                            ("ModalitySyncSeconds", 300), ("TrustedProxies", [])])
+                                            ("ModalitySyncSeconds", 300), ("TrustedProxies", []),
+                                            ("SessionIdleSeconds", 1), ("SessionMaxSeconds", 2592000),
+                                            ("MaxLoginFailures", 1), ("MaxLoginFailures", 100),
+                                            ("LockoutSeconds", 1), ("LockoutSeconds", 86400)])
 def test_boundaries_accepted(key: str, value: Any) -> None:
     parse(config({key: value}))
 
@@ -83,6 +95,21 @@ INVALID = [
     ("LogLevel", "debug", "one of ['DEBUG', 'INFO', 'WARNING', 'ERROR']"),
     ("LogLevel", "TRACE", "one of ['DEBUG', 'INFO', 'WARNING', 'ERROR']"),
     ("LogLevel", None, "one of ['DEBUG', 'INFO', 'WARNING', 'ERROR']"),
+    ("SessionIdleSeconds", 0, "an integer number of seconds 1-86400"),
+    ("SessionIdleSeconds", 86401, "an integer number of seconds 1-86400"),
+    ("SessionIdleSeconds", "900", "an integer number of seconds 1-86400"),
+    ("SessionIdleSeconds", 900.0, "an integer number of seconds 1-86400"),
+    ("SessionIdleSeconds", True, "an integer number of seconds 1-86400"),
+    ("SessionMaxSeconds", 0, "an integer number of seconds 1-2592000"),
+    ("SessionMaxSeconds", 2592001, "an integer number of seconds 1-2592000"),
+    ("SessionMaxSeconds", None, "an integer number of seconds 1-2592000"),
+    ("SessionMaxSeconds", 899, "at least SessionIdleSeconds (900)"),
+    ("MaxLoginFailures", 0, "an integer count 1-100"),
+    ("MaxLoginFailures", 101, "an integer count 1-100"),
+    ("MaxLoginFailures", "5", "an integer count 1-100"),
+    ("LockoutSeconds", 0, "an integer number of seconds 1-86400"),
+    ("LockoutSeconds", -900, "an integer number of seconds 1-86400"),
+    ("LockoutSeconds", False, "an integer number of seconds 1-86400"),
 ]
 
 
@@ -155,3 +182,12 @@ def test_trusted_proxies_must_be_strings(proxies: list[Any]) -> None:
 def test_client_ip_header_must_be_ascii() -> None:
     with pytest.raises(ConfigError, match=r"SecurePACS\.ClientIpHeader"):
         parse(config({"ClientIpHeader": "X-Clïent-IP"}))
+
+
+def test_session_limits_are_checked_together() -> None:
+    # A short idle limit allows a short absolute one; the absolute one may not undercut the idle one.
+    cfg = parse(config({"SessionIdleSeconds": 5, "SessionMaxSeconds": 5}))
+    assert (cfg.session_idle_seconds, cfg.session_max_seconds) == (5, 5)
+    with pytest.raises(ConfigError, match=r"SecurePACS\.SessionMaxSeconds = 60 is invalid: expected at least "
+                                          r"SessionIdleSeconds \(120\)"):
+        parse(config({"SessionIdleSeconds": 120, "SessionMaxSeconds": 60}))

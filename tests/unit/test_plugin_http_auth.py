@@ -1,23 +1,28 @@
-"""HTTP authentication and authorisation of requests reaching Orthanc (``HttpAuthenticator``)."""
+"""The HTTP filter's decision (``HttpAuthenticator``): anonymous allow-list, Basic credentials through
+``Accounts``, the injected policy, and the client address behind the trusted proxy."""
 
 from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from securepacs import http_auth, passwords
+from securepacs import accounts as accounts_mod
+from securepacs import passwords
+from securepacs.accounts import Accounts, AccountSettings
 from securepacs.http_auth import HttpAuthenticator
+from securepacs.identity import ROLES, Principal
 from securepacs.store import Store
 
 # passwords.hash_password binds SCRYPT_N as a default at definition time: patching the constant would not
 # make it cheaper, so the users here are hashed with a small n passed explicitly.
 FAST_N = 2**10
-ADMIN_PW = "admin-password-1234"
-DOCTOR_PW = "doctor-password-5678"
+ADMIN_PW = "Admin-password-1234"
+DOCTOR_PW = "Doctor-password-5678"
 PROXY = "127.0.0.1"
 HEADER = "X-SecurePACS-Client-IP"
 
@@ -31,9 +36,13 @@ def basic(username: str, password: str, scheme: str = "Basic") -> dict[str, str]
     return {"authorization": f"{scheme} {token}"}  # Orthanc passes header names in lower case
 
 
+def admin_only(principal: Principal, method: str, uri: str, get: Mapping[str, str]) -> tuple[bool, str]:
+    return principal.is_admin, "admin" if principal.is_admin else f"role {principal.role!r} refused {method} {uri}"
+
+
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_700_000_000.0
 
     def __call__(self) -> float:
         return self.now
@@ -42,8 +51,9 @@ class Clock:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "securepacs.db")
+    s.add_clinic("north", ["NORTH_CT"])
     s.add_user("alice", fast_hash(ADMIN_PW), "admin")
-    s.add_user("bob", fast_hash(DOCTOR_PW), "physician")
+    s.add_user("bob", fast_hash(DOCTOR_PW), "physician", "north")
     yield s
     s.close()
 
@@ -55,9 +65,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def make_auth(store: Store, clock: Clock) -> Callable[..., HttpAuthenticator]:
-    def make(cache_seconds: int = 60) -> HttpAuthenticator:
-        return HttpAuthenticator(store, trusted_proxies=(PROXY, "::1"), client_ip_header=HEADER,
-                                 cache_seconds=cache_seconds, clock=clock)
+    def make(cache_seconds: int = 60, policy: Callable[..., object] = admin_only) -> HttpAuthenticator:
+        accounts = Accounts(store, AccountSettings(auth_cache_seconds=cache_seconds), clock=clock)
+        return HttpAuthenticator(accounts, policy, trusted_proxies=(PROXY, "::1"),  # type: ignore[arg-type]
+                                 client_ip_header=HEADER)
     return make
 
 
@@ -70,13 +81,13 @@ def auth(make_auth: Callable[..., HttpAuthenticator]) -> HttpAuthenticator:
 def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count scrypt verifications (the real function still runs)."""
     calls: list[str] = []
-    real = http_auth.verify_password
+    real = passwords.verify_password
 
     def counting(password: str, encoded: str) -> bool:
         calls.append(encoded)
         return real(password, encoded)
 
-    monkeypatch.setattr(http_auth, "verify_password", counting)
+    monkeypatch.setattr(passwords, "verify_password", counting)
     return calls
 
 
@@ -88,35 +99,92 @@ def sql(store: Store, statement: str, *args: object) -> None:
 
 
 # -- anonymous allow-list ------------------------------------------------------------------------------
-def test_health_is_anonymous_for_get(auth: HttpAuthenticator) -> None:
-    decision = auth.authorize("/securepacs/health", "GET", PROXY, {})
-    assert decision.allowed and decision.user is None
+@pytest.mark.parametrize(("method", "uri"), [("GET", "/securepacs/health"), ("POST", "/securepacs/login")])
+def test_anonymous_endpoints(auth: HttpAuthenticator, method: str, uri: str) -> None:
+    decision = auth.authorize(uri, method, PROXY, {})
+    assert decision.allowed and decision.user is None and decision.principal is None
     assert decision.reason == "anonymous endpoint"
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OTHER"])
-def test_health_is_not_anonymous_for_other_methods(auth: HttpAuthenticator, method: str) -> None:
-    assert not auth.authorize("/securepacs/health", method, PROXY, {}).allowed
+@pytest.mark.parametrize(("method", "uri"), [
+    *((m, "/securepacs/health") for m in ("POST", "PUT", "DELETE", "OTHER")),
+    *((m, "/securepacs/login") for m in ("GET", "PUT", "DELETE", "OTHER")),
+])
+def test_anonymous_endpoints_only_for_their_method(auth: HttpAuthenticator, method: str, uri: str) -> None:
+    assert not auth.authorize(uri, method, PROXY, {}).allowed
 
 
 @pytest.mark.parametrize("uri", ["/securepacs/health/", "/securepacs/healthz", "/securepacs/health/../../system",
-                                 "/SECUREPACS/HEALTH", "/system", "/", "/app/explorer.html"])
-def test_only_the_exact_health_uri_is_anonymous(auth: HttpAuthenticator, uri: str) -> None:
-    decision = auth.authorize(uri, "GET", PROXY, {})
-    assert not decision.allowed
-    assert decision.reason == "no valid credentials"
+                                 "/SECUREPACS/HEALTH", "/securepacs/login/", "/securepacs/logout",
+                                 "/securepacs/api/me", "/system", "/", "/app/explorer.html"])
+def test_only_the_exact_uris_are_anonymous(auth: HttpAuthenticator, uri: str) -> None:
+    for method in ("GET", "POST"):
+        decision = auth.authorize(uri, method, PROXY, {})
+        assert not decision.allowed
+        assert decision.reason == "no valid credentials"
 
 
-# -- credentials -------------------------------------------------------------------------------------------
-def test_admin_is_allowed(auth: HttpAuthenticator) -> None:
+# -- credentials and policy ------------------------------------------------------------------------------
+def test_admin_is_allowed_by_the_policy(auth: HttpAuthenticator) -> None:
     decision = auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
     assert decision.allowed
     assert (decision.user, decision.reason) == ("alice", "admin")
+    assert decision.principal == Principal("alice", "admin", None)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
 def test_admin_is_allowed_every_method(auth: HttpAuthenticator, method: str) -> None:
     assert auth.authorize("/instances", method, PROXY, basic("alice", ADMIN_PW)).allowed
+
+
+def test_policy_refusal_keeps_the_verified_user(auth: HttpAuthenticator) -> None:
+    decision = auth.authorize("/studies", "GET", PROXY, basic("bob", DOCTOR_PW))
+    assert not decision.allowed
+    assert decision.user == "bob"
+    assert decision.reason == "role 'physician' refused GET /studies"
+    assert decision.principal == Principal("bob", "physician", "north")
+
+
+def test_policy_gets_principal_method_uri_and_arguments(make_auth: Callable[..., HttpAuthenticator]) -> None:
+    seen: list[tuple[object, ...]] = []
+
+    def policy(principal: Principal, method: str, uri: str, get: Mapping[str, str]) -> tuple[bool, str]:
+        seen.append((principal.name, method, uri, dict(get)))
+        return True, "ok"
+
+    auth = make_auth(policy=policy)
+    assert auth.authorize("/tools/find", "POST", PROXY, basic("bob", DOCTOR_PW), {"expand": "1"}).allowed
+    assert seen == [("bob", "POST", "/tools/find", {"expand": "1"})]
+
+
+def test_policy_is_not_asked_without_credentials(make_auth: Callable[..., HttpAuthenticator]) -> None:
+    def policy(*_: object) -> tuple[bool, str]:
+        raise AssertionError("policy asked for an unauthenticated request")
+
+    assert not make_auth(policy=policy).authorize("/system", "GET", PROXY, {}).allowed
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    allowed: bool
+    reason: str
+
+
+@pytest.mark.parametrize(("verdict", "allowed"), [
+    (_Verdict(True, "v"), True), (_Verdict(False, "v"), False), ((True, "v"), True), ((False, "v"), False),
+    ((1, "v"), False),  # only a real True allows: a sloppy truthy value fails closed
+])
+def test_policy_may_answer_a_pair_or_a_verdict(
+    make_auth: Callable[..., HttpAuthenticator], verdict: object, allowed: bool
+) -> None:
+    decision = make_auth(policy=lambda *_: verdict).authorize("/x", "GET", PROXY, basic("alice", ADMIN_PW))
+    assert (decision.allowed, decision.reason) == (allowed, "v")
+
+
+def test_principal_helper(auth: HttpAuthenticator) -> None:
+    assert auth.principal("GET", basic("bob", DOCTOR_PW)) == Principal("bob", "physician", "north")
+    assert auth.principal("GET", basic("bob", "wrong")) is None
+    assert auth.principal("GET", {}) is None
 
 
 def test_scheme_is_case_insensitive(auth: HttpAuthenticator) -> None:
@@ -125,9 +193,9 @@ def test_scheme_is_case_insensitive(auth: HttpAuthenticator) -> None:
 
 
 def test_password_may_contain_a_colon(store: Store, auth: HttpAuthenticator) -> None:
-    store.add_user("carol", fast_hash("pass:word:with:colons"), "admin")
-    assert auth.authorize("/system", "GET", PROXY, basic("carol", "pass:word:with:colons")).allowed
-    assert not auth.authorize("/system", "GET", PROXY, basic("carol", "pass")).allowed
+    store.add_user("carol", fast_hash("Pass:word:with:colons1"), "admin")
+    assert auth.authorize("/system", "GET", PROXY, basic("carol", "Pass:word:with:colons1")).allowed
+    assert not auth.authorize("/system", "GET", PROXY, basic("carol", "Pass")).allowed
 
 
 def test_no_header_is_denied(auth: HttpAuthenticator) -> None:
@@ -148,26 +216,29 @@ def _b64(raw: bytes) -> str:
         "Basic ",
         "Basic !!!not-base64!!!",
         "Basic " + _b64(b"alice:" + ADMIN_PW.encode())[:-2],  # truncated: bad padding
-        "Basic " + _b64(b"alice") ,  # no colon
+        "Basic " + _b64(b"alice"),  # no colon
         "Basic " + _b64(b":" + ADMIN_PW.encode()),  # empty user name
         "Basic " + _b64(b"\xffalice:\xfe"),  # not UTF-8
-        "Bearer " + _b64(b"alice:" + ADMIN_PW.encode()),  # other scheme
+        "Bearer " + _b64(b"alice:" + ADMIN_PW.encode()),  # not a session token
+        "Bearer",
+        "Digest " + _b64(b"alice:" + ADMIN_PW.encode()),  # other scheme
         _b64(b"alice:" + ADMIN_PW.encode()),  # no scheme
     ],
     ids=["empty", "scheme-only", "scheme-space", "not-base64", "bad-padding", "no-colon", "no-user",
-         "not-utf8", "bearer", "no-scheme"],
+         "not-utf8", "bearer", "bearer-only", "digest", "no-scheme"],
 )
 def test_malformed_authorization_is_denied(auth: HttpAuthenticator, verify_calls: list[str], header: str) -> None:
     decision = auth.authorize("/system", "GET", PROXY, {"authorization": header})
     assert not decision.allowed and decision.user is None
-    assert decision.reason == "no valid credentials"
+    assert decision.reason in ("no valid credentials", "unknown or ended session")
     assert verify_calls == []  # rejected before any password work
 
 
 def test_wrong_password_is_denied(auth: HttpAuthenticator, caplog: pytest.LogCaptureFixture) -> None:
-    decision = auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW + "x"))
+    headers = {**basic("alice", ADMIN_PW + "x"), HEADER.lower(): "203.0.113.9"}
+    decision = auth.authorize("/system", "GET", PROXY, headers)
     assert not decision.allowed and decision.user is None
-    assert "HTTP authentication failed for user 'alice'" in caplog.text
+    assert "authentication failed for user 'alice' via HTTP Basic from '203.0.113.9' (failure 1 of 5)" in caplog.text
     assert ADMIN_PW not in caplog.text
 
 
@@ -175,31 +246,36 @@ def test_unknown_user_is_denied_after_a_dummy_verification(auth: HttpAuthenticat
     decision = auth.authorize("/system", "GET", PROXY, basic("mallory", ADMIN_PW))
     assert not decision.allowed and decision.user is None
     # Same scrypt work as for a real user, so response timing does not reveal which user names exist.
-    assert verify_calls == [http_auth._DUMMY_HASH]
+    assert verify_calls == [accounts_mod._DUMMY_HASH]
 
 
 def test_dummy_hash_is_well_formed_with_real_parameters() -> None:
-    scheme, n, r, p, salt, key = http_auth._DUMMY_HASH.split("$")
+    scheme, n, r, p, salt, key = accounts_mod._DUMMY_HASH.split("$")
     assert scheme == "scrypt"
     assert (int(n), int(r), int(p)) == (passwords.SCRYPT_N, passwords.SCRYPT_R, passwords.SCRYPT_P)
     assert len(base64.b64decode(salt, validate=True)) == 16
     assert len(base64.b64decode(key, validate=True)) == 32
 
 
-# -- roles -------------------------------------------------------------------------------------------------
-def test_physician_is_denied_by_default(auth: HttpAuthenticator) -> None:
-    decision = auth.authorize("/studies", "GET", PROXY, basic("bob", DOCTOR_PW))
-    assert not decision.allowed
-    assert decision.user == "bob"
-    assert decision.reason == "role 'physician' has no access to GET '/studies' yet"
-
-
-@pytest.mark.parametrize("role", [r for r in http_auth.ROLES if r != "admin"] + ["superuser", "Admin", ""])
-def test_every_role_but_admin_is_denied(store: Store, auth: HttpAuthenticator, role: str) -> None:
-    store.add_user("user", fast_hash("user-password-0000"), role)
-    decision = auth.authorize("/system", "GET", PROXY, basic("user", "user-password-0000"))
+# -- account state -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("role", [r for r in ROLES if r != "admin"])
+def test_every_role_but_admin_is_denied_by_an_admin_only_policy(store: Store, auth: HttpAuthenticator,
+                                                                role: str) -> None:
+    clinic = "north" if role in ("physician", "clinic-device") else None
+    store.add_user("user", fast_hash("User-password-0000"), role, clinic)
+    decision = auth.authorize("/system", "GET", PROXY, basic("user", "User-password-0000"))
     assert not decision.allowed
     assert decision.user == "user"
+
+
+@pytest.mark.parametrize("role", ["superuser", "Admin", ""])
+def test_unknown_roles_are_refused_before_the_policy(store: Store, make_auth: Callable[..., HttpAuthenticator],
+                                                     role: str) -> None:
+    store.add_user("user", fast_hash("User-password-0000"), role)
+    auth = make_auth(policy=lambda *_: (True, "anything"))
+    decision = auth.authorize("/system", "GET", PROXY, basic("user", "User-password-0000"))
+    assert not decision.allowed
+    assert decision.reason == f"account has unknown role {role!r}"
 
 
 def test_disabled_user_is_denied(store: Store, auth: HttpAuthenticator) -> None:
@@ -231,6 +307,15 @@ def test_role_change_applies_even_when_cached(store: Store, auth: HttpAuthentica
     assert not auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
 
 
+def test_revoked_clinic_is_denied_even_when_cached(store: Store, make_auth: Callable[..., HttpAuthenticator]) -> None:
+    auth = make_auth(policy=lambda *_: (True, "ok"))
+    assert auth.authorize("/x", "GET", PROXY, basic("bob", DOCTOR_PW)).allowed
+    store.revoke_clinic("north")
+    decision = auth.authorize("/x", "GET", PROXY, basic("bob", DOCTOR_PW))
+    assert not decision.allowed
+    assert decision.reason.startswith("clinic 'north' was revoked at ")
+
+
 # -- verification cache ------------------------------------------------------------------------------------
 def test_second_request_is_served_from_cache(auth: HttpAuthenticator, verify_calls: list[str]) -> None:
     for _ in range(3):
@@ -242,7 +327,7 @@ def test_password_change_invalidates_the_cache(
     store: Store, auth: HttpAuthenticator, verify_calls: list[str]
 ) -> None:
     assert auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
-    new_password = "a-brand-new-password"
+    new_password = "A-brand-new-password"
     sql(store, "UPDATE users SET password_hash = ? WHERE username = ?", fast_hash(new_password), "alice")
 
     assert not auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW)).allowed
@@ -290,8 +375,10 @@ def test_cached_credential_of_one_user_does_not_serve_another(
 
 def test_cache_holds_no_password(auth: HttpAuthenticator) -> None:
     auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
-    assert len(auth._cache) == 1
-    assert not any(ADMIN_PW.encode() in key for key in auth._cache)
+    cache = auth._accounts._cache
+    assert len(cache) == 1
+    assert not any(ADMIN_PW.encode() in key for key in cache)
+    assert not any(ADMIN_PW in value[0] for value in cache.values())
 
 
 # -- client address ----------------------------------------------------------------------------------------

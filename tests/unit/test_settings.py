@@ -29,6 +29,7 @@ def test_defaults(tmp_path: Path) -> None:
         aet="SECUREPACS",
         hostnames=("localhost", "127.0.0.1", "::1", "pacs.example.org"),
         nginx_dir_override=None,
+        session_idle_seconds=None,
     )
     assert s.store_path == tmp_path / "data" / "securepacs.db"
     assert s.nginx_dir == tmp_path / "data" / "nginx"
@@ -125,4 +126,25 @@ def test_invalid_hostname_names_the_variable(tmp_path: Path, host: str) -> None:
         from_env({"SECUREPACS_HOSTNAMES": f"ok.example.com,{host}"}, cwd=tmp_path)
     assert str(info.value) == (
         f"SECUREPACS_HOSTNAMES entry {host!r} is invalid: expected a DNS name or IP address"
+    )
+
+
+def test_session_idle_seconds_override(tmp_path: Path) -> None:
+    assert from_env({"SECUREPACS_SESSION_IDLE_SECONDS": "600"}, cwd=tmp_path).session_idle_seconds == 600
+    assert from_env({"SECUREPACS_SESSION_IDLE_SECONDS": " 1 "}, cwd=tmp_path).session_idle_seconds == 1
+    assert from_env({"SECUREPACS_SESSION_IDLE_SECONDS": "43200"}, cwd=tmp_path).session_idle_seconds == 43200
+    # Empty means "not set": the plugin's default (15 minutes) applies.
+    assert from_env({"SECUREPACS_SESSION_IDLE_SECONDS": ""}, cwd=tmp_path).session_idle_seconds is None
+
+
+@pytest.mark.parametrize("value", [
+    "0", "43201", "-5", "15m", "1.5", "0x10",
+    # str.isdigit() accepts superscripts and other scripts' digits, which int() rejects or reads.
+    "²", "٣",
+])
+def test_invalid_session_idle_seconds_names_the_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        from_env({"SECUREPACS_SESSION_IDLE_SECONDS": value}, cwd=tmp_path)
+    assert str(info.value) == (
+        f"SECUREPACS_SESSION_IDLE_SECONDS={value!r} is invalid: expected whole seconds 1-43200"
     )

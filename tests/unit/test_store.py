@@ -205,3 +205,35 @@ def test_a_second_connection_sees_changes_through_the_generation(store: Store) -
 def test_no_wal_side_files(store: Store) -> None:
     store.add_clinic("north", ["N"])
     assert sorted(p.name for p in store.path.parent.iterdir()) == ["securepacs.db"]
+
+
+def test_study_ownership_claims_are_first_come(store: Store) -> None:
+    store.add_clinic("north", ["NORTH_CT"])
+    store.add_clinic("south", ["SOUTH_CT"])
+    first = store.claim_study("1.2.3", "north", "oid-1", "dicom:NORTH_CT")
+    again = store.claim_study("1.2.3", "south", "oid-2", "dicom:SOUTH_CT")
+    assert first == again and again.clinic == "north" and again.orthanc_id == "oid-1"
+    assert store.owner_of_orthanc_study("oid-1") == "north"
+    assert store.owner_of_orthanc_study("oid-2") is None
+    assert store.clinic_orthanc_studies("north") == {"oid-1"} and store.clinic_orthanc_studies("south") == set()
+    assert store.study_uids_of(["oid-1", "unknown"]) == {"oid-1": "1.2.3"}
+    assert store.claim_series("1.2.3.1", "1.2.3") == "1.2.3"
+    assert store.claim_series("1.2.3.1", "9.9.9") == "1.2.3"  # a series never moves to another study
+    assert store.study_of_series("1.2.3.1") == "1.2.3" and store.study_of_series("x") is None
+
+
+def test_schema_1_store_gains_the_account_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE users (username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,"
+        " clinic TEXT, disabled INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);"
+        "INSERT INTO users VALUES ('admin', 'h', 'admin', NULL, 0, '2026-01-01');"
+    )
+    db.close()
+    upgraded = Store(path)
+    try:
+        user = upgraded.get_user("admin")
+        assert user is not None and user.failed_logins == 0 and user.totp_secret is None
+    finally:
+        upgraded.close()

@@ -1,0 +1,407 @@
+"""Authentication: passwords, lockout, sessions with idle and absolute expiry, and the optional TOTP factor.
+
+Three ways to present credentials on a request:
+
+- HTTP Basic (API clients, devices). scrypt costs ~0.1 s, so successful checks are remembered briefly,
+  keyed by an HMAC of the credential under a per-process random key (the cache never holds a reusable
+  password digest) and valid only while the stored hash is unchanged. Accounts with a second factor
+  cannot use Basic: the password alone must not be enough for them.
+- ``Authorization: Bearer <token>`` and the ``securepacs_session`` cookie: a session from
+  ``POST /securepacs/login``. Only the SHA-256 of the token is stored. A session ends after
+  ``session_idle_seconds`` without a request (HIPAA automatic logoff) and after ``session_max_seconds``
+  in any case. Cookie-authenticated unsafe requests must carry ``X-Requested-With: SecurePACS``: with
+  ``SameSite=Strict`` and no CORS, another site can neither send the cookie nor set that header.
+
+Wrong passwords (and wrong TOTP codes) count towards a lockout of ``max_login_failures`` attempts for
+``lockout_seconds``; while locked, no password is checked at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from securepacs import passwords, totp
+from securepacs.identity import CLINIC_ROLES, ROLES, Principal
+from securepacs.plugin_config import PluginConfig
+from securepacs.store import Session, Store, User
+from securepacs.user_admin import (
+    AccountError,
+    UnknownUser,
+    WeakPassword,
+    check_password_strength,
+    clinic_problem,
+    is_locked,
+)
+
+__all__ = [
+    "AccountError", "AccountSettings", "Accounts", "AuthResult", "LoginFailed", "LoginResult", "TotpEnrolment",
+    "TotpRequired", "check_password_strength", "cookie_value", "session_token", "token_hash",
+]
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "securepacs_session"
+CSRF_HEADER = "x-requested-with"
+CSRF_VALUE = "SecurePACS"
+SAFE_METHODS = frozenset({"GET"})  # the only safe method Orthanc's filter reports (HEAD arrives as GET)
+TOUCH_SECONDS = 30.0  # write last_seen at most this often: one DB write per half minute, not per request
+PENDING_TOTP_SECONDS = 600
+NO_CREDENTIALS = "no valid credentials"
+LOGIN_FAILED = "login failed: wrong user name, password or code, or the account is locked or disabled"
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+
+# A valid scrypt hash of a random string (same parameters as real hashes): unknown users cost the same
+# verification as real ones, so response timing does not reveal which user names exist.
+_DUMMY_HASH = (
+    "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+)
+
+
+class LoginFailed(AccountError):
+    """Credentials refused. The message is deliberately the same for every cause (no user enumeration)."""
+
+    status = 403  # not 401: Orthanc can only send 401 with a Basic challenge, which makes browsers prompt
+
+
+class TotpRequired(LoginFailed):
+    """The password was right, the account has a second factor, and no code was sent."""
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    session_idle_seconds: int = 900
+    session_max_seconds: int = 43200
+    max_login_failures: int = 5
+    lockout_seconds: int = 900
+    auth_cache_seconds: int = 60
+    totp_issuer: str = "SecurePACS"
+
+    @classmethod
+    def from_config(cls, config: PluginConfig) -> AccountSettings:
+        return cls(
+            session_idle_seconds=config.session_idle_seconds,
+            session_max_seconds=config.session_max_seconds,
+            max_login_failures=config.max_login_failures,
+            lockout_seconds=config.lockout_seconds,
+            auth_cache_seconds=config.auth_cache_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """``principal`` is None when refused. ``username`` is set only once credentials were verified (a correct
+    password or a live session), so a refusal's user name is never just what the client claimed."""
+
+    principal: Principal | None
+    reason: str
+    username: str | None = None
+    scheme: str | None = None  # basic | bearer | cookie
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    token: str
+    username: str
+    expires_at: float  # absolute expiry, epoch seconds
+    idle_seconds: int
+
+
+@dataclass(frozen=True)
+class TotpEnrolment:
+    secret: str  # base32, for manual entry
+    uri: str  # otpauth:// URI, for a QR code
+    expires_at: float  # confirm before this, or begin again
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The first cookie called ``name`` in a ``Cookie`` header (tokens need no unquoting)."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
+def session_token(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(token, scheme) of the session a request presents, from ``Authorization: Bearer`` or the cookie."""
+    authorization = headers.get("authorization", "")
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        return (value.strip() or None, "bearer") if scheme.lower() == "bearer" else (None, None)
+    token = cookie_value(headers.get("cookie", ""), SESSION_COOKIE)
+    return (token, "cookie") if token else (None, None)
+
+
+class Accounts:
+    def __init__(self, store: Store, settings: AccountSettings | None = None,
+                 clock: Callable[[], float] = time.time):
+        self._store = store
+        self.settings = settings or AccountSettings()
+        self._clock = clock
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._pending_totp: dict[str, tuple[str, float]] = {}
+        # Last accepted TOTP step per user: a code cannot be replayed. In memory: only the plugin process
+        # checks codes, and after a restart the window of a captured code has long passed.
+        self._last_totp_step: dict[str, int] = {}
+        self._lock = threading.Lock()
+        # Idle time counts from the last *written* last_seen, which lags the last request by less than
+        # this interval: a session may end up to that much early, never late. Touch often enough that a
+        # short idle limit (tests, strict sites) still sees the activity.
+        self._touch_seconds = min(TOUCH_SECONDS, self.settings.session_idle_seconds / 5)
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- per-request authentication --------------------------------------------------------------------
+    def authenticate(self, method: str, headers: Mapping[str, str], client_ip: str = "") -> AuthResult:
+        """Who sent this request (``headers`` with lower-case names), or why nobody acceptable did."""
+        authorization = headers.get("authorization", "")
+        if authorization:
+            # An explicit Authorization header wins; a bad one never falls back to the cookie.
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() == "basic":
+                return self._basic(value.strip(), client_ip)
+            if scheme.lower() == "bearer":
+                return self._session(value.strip(), "bearer", method, headers)
+            return AuthResult(None, NO_CREDENTIALS)
+        token = cookie_value(headers.get("cookie", ""), SESSION_COOKIE)
+        if token:
+            return self._session(token, "cookie", method, headers)
+        return AuthResult(None, NO_CREDENTIALS)
+
+    def _basic(self, value: str, client_ip: str) -> AuthResult:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return AuthResult(None, NO_CREDENTIALS)
+        username, sep, password = decoded.partition(":")
+        if not value or not sep or not username:
+            return AuthResult(None, NO_CREDENTIALS)
+        user = self._store.get_user(username)
+        now = self._clock()
+        if user is None:
+            passwords.verify_password(password, _DUMMY_HASH)
+            log.warning("authentication failed for user %r from %r: no such user", username, client_ip)
+            return AuthResult(None, NO_CREDENTIALS)
+        if user.totp_secret is not None:
+            passwords.verify_password(password, _DUMMY_HASH)  # same cost, and no password oracle for this user
+            return AuthResult(None, f"user {username!r} has a second factor: HTTP Basic is not accepted, "
+                                    "log in at /securepacs/login")
+        if is_locked(user, now):
+            return AuthResult(None, f"user {username!r} is locked after repeated failed logins")
+        digest = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+        if not self._cached(digest, user, now):
+            if not passwords.verify_password(password, user.password_hash):
+                self._failure(user, client_ip, "HTTP Basic")
+                return AuthResult(None, NO_CREDENTIALS)
+            self._remember(digest, user, now)
+        if user.failed_logins:
+            self._store.clear_login_failures(user.username)
+        return self._accept(user, "basic")
+
+    def _cached(self, digest: bytes, user: User, now: float) -> bool:
+        with self._lock:
+            hit = self._cache.get(digest)
+        # Valid only while the stored hash is unchanged: a password change takes effect at once.
+        return hit is not None and hit[1] > now and hit[0] == user.password_hash
+
+    def _remember(self, digest: bytes, user: User, now: float) -> None:
+        if not self.settings.auth_cache_seconds:
+            return
+        with self._lock:
+            if len(self._cache) > 10_000:  # bound memory; the next requests just pay scrypt again
+                self._cache.clear()
+            self._cache[digest] = (user.password_hash, now + self.settings.auth_cache_seconds)
+
+    def _session(self, token: str, scheme: str, method: str, headers: Mapping[str, str]) -> AuthResult:
+        if not _TOKEN_RE.match(token):
+            return AuthResult(None, NO_CREDENTIALS)
+        if scheme == "cookie" and method not in SAFE_METHODS and headers.get(CSRF_HEADER) != CSRF_VALUE:
+            return AuthResult(None, f"cookie-authenticated {method} without header X-Requested-With: {CSRF_VALUE} "
+                                    "(cross-site request defence)")
+        digest = token_hash(token)
+        session = self._store.get_session(digest)
+        if session is None:
+            return AuthResult(None, "unknown or ended session")
+        now = self._clock()
+        if now >= session.expires_at:
+            self._store.delete_session(digest)
+            log.info("session of user %r expired (absolute limit)", session.username)
+            return AuthResult(None, "session expired (absolute limit)")
+        idle = self.settings.session_idle_seconds
+        if now - session.last_seen > idle:
+            self._store.delete_session(digest)
+            log.info("session of user %r ended after %d s without activity", session.username, idle)
+            return AuthResult(None, f"session expired after {idle} s without activity")
+        user = self._store.get_user(session.username)
+        if user is None:
+            self._store.delete_session(digest)
+            return AuthResult(None, "unknown or ended session")
+        if now - session.last_seen >= self._touch_seconds:
+            self._store.touch_session(digest, now)
+        return self._accept(user, scheme)
+
+    def _accept(self, user: User, scheme: str) -> AuthResult:
+        problem = self._account_problem(user)
+        if problem:
+            return AuthResult(None, problem, user.username, scheme)
+        return AuthResult(Principal(user.username, user.role, user.clinic), scheme, user.username, scheme)
+
+    def _account_problem(self, user: User) -> str | None:
+        """Why a correctly authenticated account must still be refused (checked on every request)."""
+        if user.disabled:
+            return "account disabled"
+        if user.role not in ROLES:
+            return f"account has unknown role {user.role!r}"
+        if user.role in CLINIC_ROLES:
+            if not user.clinic:
+                return f"account with role {user.role!r} has no clinic"
+            return clinic_problem(self._store, user.clinic)
+        if user.clinic is not None:
+            return f"account with role {user.role!r} must not have a clinic (has {user.clinic!r})"
+        return None
+
+    def _failure(self, user: User, client_ip: str, via: str) -> None:
+        s = self.settings
+        count = self._store.record_login_failure(user.username, self._clock(), s.max_login_failures,
+                                                 s.lockout_seconds)
+        if count >= s.max_login_failures:
+            log.warning("user %r locked for %d s after %d failed attempts (last via %s from %r)",
+                        user.username, s.lockout_seconds, count, via, client_ip)
+        else:
+            log.warning("authentication failed for user %r via %s from %r (failure %d of %d)",
+                        user.username, via, client_ip, count, s.max_login_failures)
+
+    # -- sessions ------------------------------------------------------------------------------------------
+    def login(self, username: str, password: str, totp_code: str | None, client_ip: str) -> LoginResult:
+        """Check the credentials and open a session; raises :class:`LoginFailed` (or ``TotpRequired``)."""
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise AccountError("'username' and 'password' must be strings")
+        user = self._verified(username, password, client_ip, "login")
+        problem = self._account_problem(user)
+        if problem:
+            log.warning("login of user %r from %r refused: %s", user.username, client_ip, problem)
+            raise LoginFailed(LOGIN_FAILED)
+        now = self._clock()
+        if user.totp_secret is not None:
+            if not totp_code:
+                raise TotpRequired("second factor required: send the 6-digit code of your authenticator app "
+                                   "as 'totp'")
+            if not self._accept_totp(user.username, user.totp_secret, totp_code, now):
+                self._failure(user, client_ip, "login (TOTP code)")
+                raise LoginFailed(LOGIN_FAILED)
+        if user.failed_logins:
+            self._store.clear_login_failures(user.username)
+        token = secrets.token_urlsafe(32)
+        expires = now + self.settings.session_max_seconds
+        self._store.create_session(token_hash(token), user.username, now, expires)
+        log.info("user %r logged in from %r", user.username, client_ip)
+        return LoginResult(token, user.username, expires, self.settings.session_idle_seconds)
+
+    def _verified(self, username: str, password: str, client_ip: str, via: str) -> User:
+        """The user if ``password`` is theirs and they are not locked; counts a wrong password."""
+        user = self._store.get_user(username)
+        if user is None:
+            passwords.verify_password(password, _DUMMY_HASH)
+            log.warning("%s failed for user %r from %r: no such user", via, username, client_ip)
+            raise LoginFailed(LOGIN_FAILED)
+        if is_locked(user, self._clock()):
+            log.warning("%s of user %r from %r refused: account locked", via, username, client_ip)
+            raise LoginFailed(LOGIN_FAILED)
+        if not passwords.verify_password(password, user.password_hash):
+            self._failure(user, client_ip, via)
+            raise LoginFailed(LOGIN_FAILED)
+        return user
+
+    def logout(self, token: str) -> None:
+        digest = token_hash(token)
+        session = self._store.get_session(digest)
+        self._store.delete_session(digest)
+        if session is not None:
+            log.info("user %r logged out", session.username)
+
+    def session(self, token: str) -> Session | None:
+        """The stored session for ``token`` (read only: no touch, no expiry handling)."""
+        return self._store.get_session(token_hash(token)) if _TOKEN_RE.match(token) else None
+
+    # -- self-service ----------------------------------------------------------------------------------
+    def change_password(self, username: str, old: str, new: str, client_ip: str = "") -> None:
+        """Replace the password after checking the current one; every session of the user ends."""
+        if not isinstance(old, str) or not isinstance(new, str):
+            raise AccountError("'current' and 'new' passwords must be strings")
+        user = self._verified(username, old, client_ip, "password change")
+        if new == old:
+            raise WeakPassword("new password equals the current one: expected a different password")
+        check_password_strength(new, user.username)
+        self._store.set_password(user.username, passwords.hash_password(new))
+        log.info("user %r changed their password", user.username)
+
+    def begin_totp(self, username: str, password: str, client_ip: str = "") -> TotpEnrolment:
+        """Start enrolling a second factor (re-checks the password: a stolen session must not take it over)."""
+        if not isinstance(password, str):
+            raise AccountError("'password' must be a string")
+        user = self._verified(username, password, client_ip, "TOTP enrolment")
+        if user.totp_secret is not None:
+            raise AccountError(f"user {user.username!r} already has a second factor: expected none (remove it "
+                               "first with DELETE /securepacs/api/me/totp)")
+        secret = totp.new_secret()
+        expires = self._clock() + PENDING_TOTP_SECONDS
+        with self._lock:
+            self._pending_totp[user.username] = (secret, expires)
+        return TotpEnrolment(secret, totp.provisioning_uri(secret, user.username, self.settings.totp_issuer),
+                             expires)
+
+    def confirm_totp(self, username: str, code: str) -> None:
+        """Activate the pending second factor once the app shows a matching code; ends the user's sessions."""
+        now = self._clock()
+        with self._lock:
+            pending = self._pending_totp.get(username)
+        if pending is None or pending[1] <= now:
+            raise AccountError("no second-factor enrolment in progress: expected POST /securepacs/api/me/totp "
+                               f"first (an enrolment must be confirmed within {PENDING_TOTP_SECONDS} s)")
+        step = totp.matching_step(pending[0], code, now) if isinstance(code, str) else None
+        if step is None:
+            raise AccountError("code does not match: expected the current 6-digit code of the authenticator app")
+        if self._store.get_user(username) is None:
+            raise UnknownUser(f"unknown user {username!r}")
+        self._store.set_totp_secret(username, pending[0])
+        with self._lock:
+            self._pending_totp.pop(username, None)
+            self._last_totp_step[username] = step  # the confirming code cannot also serve to log in
+        log.info("user %r enrolled a second factor", username)
+
+    def disable_totp(self, username: str) -> None:
+        """Remove the user's own second factor; every session of the user ends (including this one)."""
+        user = self._store.get_user(username)
+        if user is None:
+            raise UnknownUser(f"unknown user {username!r}")
+        if user.totp_secret is None:
+            raise AccountError(f"user {username!r} has no second factor: expected one to remove")
+        self._store.set_totp_secret(username, None)
+        log.info("user %r removed their second factor", username)
+
+    def _accept_totp(self, username: str, secret: str, code: str, now: float) -> bool:
+        step = totp.matching_step(secret, code, now) if isinstance(code, str) else None
+        if step is None:
+            return False
+        with self._lock:
+            if step <= self._last_totp_step.get(username, -1):
+                log.warning("TOTP code of user %r replayed", username)
+                return False
+            self._last_totp_step[username] = step
+        return True

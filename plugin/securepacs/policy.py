@@ -1,0 +1,96 @@
+"""The HTTP role matrix: which principal may call which URI with which method.
+
+Deny by default. Admins reach everything (Orthanc Explorer, raw REST). Clinic roles reach only an
+allow-list of read endpoints, each checked against the tenant that owns the resource it names; auditors
+only their own account (the audit endpoints arrive with the audit trail). Orthanc's generic endpoints
+(``/patients`` — a patient there merges every clinic's people sharing a Patient ID —, ``/tools``,
+``/instances`` upload, ``/modalities``, ``/jobs``, Explorer, other plugins' routes) stay admin-only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from securepacs.identity import AUDITOR, CLINIC_DEVICE, PHYSICIAN, Principal
+from securepacs.tenancy import Tenancy
+
+_ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"  # an Orthanc resource ID
+_UID = r"[0-9.]{1,64}"  # a DICOM UID
+
+# Orthanc REST resources a clinic role may read; the group is the Orthanc ID checked for ownership.
+_ORTHANC_READS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("study", re.compile(rf"/studies/({_ID})(?:/(?:series|instances|archive|shared-tags))?")),
+    ("series", re.compile(rf"/series/({_ID})(?:/(?:instances|archive|shared-tags))?")),
+    ("instance", re.compile(
+        rf"/instances/({_ID})(?:/(?:file|preview|rendered|tags|simplified-tags|frames"
+        r"|frames/\d{1,6}(?:/(?:preview|rendered|raw|image-uint8|image-uint16))?))?"
+    )),
+)
+# DICOMweb below one study (WADO-RS, metadata, rendered, bulk data, QIDO within the study).
+_DICOMWEB_STUDY = re.compile(
+    rf"/dicom-web/studies/({_UID})(?:/series/({_UID})(?:/instances/({_UID}))?)?(?:/[A-Za-z0-9/._-]*)?"
+)
+# Served by the plugin itself, tenant-filtered inside the handler.
+_PLUGIN_READS = re.compile(r"/securepacs/api/studies|/securepacs/dicom-web/(?:studies|series|instances)")
+_STOW = "/securepacs/dicom-web/studies"
+# Everyone who is logged in manages their own account.
+_SELF_SERVICE = re.compile(r"/securepacs/(?:logout|api/me(?:/.*)?)")
+
+CLINIC_READERS = frozenset({PHYSICIAN, CLINIC_DEVICE})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str
+
+
+class HttpPolicy:
+    def __init__(self, tenancy: Tenancy):
+        self._tenancy = tenancy
+
+    def decide(self, principal: Principal, method: str, uri: str, get: Mapping[str, str]) -> Verdict:
+        if principal.is_admin:
+            return Verdict(True, "admin")
+        if _SELF_SERVICE.fullmatch(uri):
+            return Verdict(True, "own account")
+        if principal.role == AUDITOR:
+            return Verdict(False, "auditors reach only the audit trail")
+        if principal.role not in CLINIC_READERS or principal.clinic is None:
+            return Verdict(False, f"role {principal.role!r} has no HTTP access")
+        if method == "POST" and uri == _STOW:
+            if principal.role == CLINIC_DEVICE:
+                return Verdict(True, "STOW-RS upload, attributed to the clinic")
+            return Verdict(False, "physicians read; uploads need a clinic-device account")
+        if method != "GET":
+            return Verdict(False, f"{method} is not allowed for role {principal.role!r}")
+        return self._decide_read(principal, uri, get)
+
+    def _decide_read(self, principal: Principal, uri: str, get: Mapping[str, str]) -> Verdict:
+        if _PLUGIN_READS.fullmatch(uri):
+            return Verdict(True, "tenant-filtered search")
+        for level, pattern in _ORTHANC_READS:
+            match = pattern.fullmatch(uri)
+            if match:
+                if self._tenancy.owns_resource(principal, level, match.group(1)):
+                    return Verdict(True, f"own {level}")
+                return Verdict(False, f"{level} {match.group(1)!r} is not the clinic's")
+        match = _DICOMWEB_STUDY.fullmatch(uri)
+        if match:
+            return self._check_uids(principal, *match.groups())
+        if uri == "/wado":
+            # WADO-URI: Orthanc resolves the object by its SOP Instance UID, so that one is what counts.
+            return self._check_uids(principal, get.get("studyUID"), get.get("seriesUID"), get.get("objectUID"),
+                                    require_object=True)
+        return Verdict(False, f"GET {uri!r} is not allowed for role {principal.role!r}")
+
+    def _check_uids(self, principal: Principal, study: str | None, series: str | None, instance: str | None,
+                    *, require_object: bool = False) -> Verdict:
+        if require_object and not instance:
+            return Verdict(False, "WADO-URI request without objectUID")
+        for level, uid in (("study", study), ("series", series), ("instance", instance)):
+            if uid and not self._tenancy.owns_uid(principal, level, uid):
+                return Verdict(False, f"{level} UID is not the clinic's")
+        return Verdict(True, "own study (DICOMweb)")

@@ -1,0 +1,236 @@
+"""Clinics are tenants: which clinic owns a study, and which studies a principal may reach.
+
+Ownership is decided when the first instance of a study arrives (C-STORE by an enrolled AE title, or
+STOW-RS by a clinic account) and never changes. An instance is admitted only if its study, series and
+SOP Instance UIDs do not already belong to a different study or clinic: otherwise a clinic could write
+into, or shadow, another clinic's data by reusing its UIDs.
+
+Orthanc names resources by hashing the DICOM identifiers, so the Orthanc IDs of a new instance are known
+before Orthanc stores it; the store keeps the study's Orthanc ID next to its UID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from securepacs import dicom_status
+from securepacs.identity import Principal
+from securepacs.store import Store
+
+log = logging.getLogger(__name__)
+
+_IDENT_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+
+
+class OrthancIndex(Protocol):
+    """What tenancy needs from Orthanc (adapter.RestApi implements it)."""
+
+    def get_json(self, uri: str) -> Any: ...
+    def lookup(self, level: str, uid: str) -> str | None: ...
+
+
+def orthanc_id(*parts: str) -> str:
+    """Orthanc's resource ID: SHA-1 of the '|'-joined identifiers, as five dash-separated groups of 8."""
+    digest = hashlib.sha1("|".join(parts).encode()).hexdigest()  # noqa: S324 (Orthanc's naming, not security)
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
+
+
+@dataclass(frozen=True)
+class InstanceIds:
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+    @property
+    def orthanc_study(self) -> str:
+        return orthanc_id(self.patient_id, self.study_uid)
+
+    @property
+    def orthanc_instance(self) -> str:
+        return orthanc_id(self.patient_id, self.study_uid, self.series_uid, self.sop_uid)
+
+
+class NotDicom(ValueError):
+    """The bytes are not a DICOM instance with the identifiers an archive needs."""
+
+
+def read_ids(data: bytes) -> InstanceIds:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_IDENT_TAGS, force=True)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, OSError) as exc:
+        raise NotDicom(f"not a DICOM instance: {exc}") from None
+
+    def text(keyword: str) -> str:
+        value = ds.get(keyword, "")
+        return str(value).strip() if value is not None else ""
+
+    ids = InstanceIds(*(text(k) for k in _IDENT_TAGS))
+    for keyword, value in zip(_IDENT_TAGS[1:4], (ids.study_uid, ids.series_uid, ids.sop_uid), strict=True):
+        if not value:
+            raise NotDicom(f"the instance has no {keyword}")
+    return ids
+
+
+@dataclass(frozen=True)
+class Admission:
+    status: int  # dicom_status.SUCCESS or the failure to report
+    reason: str
+    ids: InstanceIds | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return self.status == dicom_status.SUCCESS
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self._size = size
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self._size:
+            self.popitem(last=False)
+
+
+class Tenancy:
+    def __init__(self, store: Store, index: OrthancIndex,
+                 on_security_event: Callable[[str, dict[str, Any]], None] | None = None):
+        self._store = store
+        self._index = index
+        self._on_event = on_security_event or (lambda _kind, _details: None)
+        self._lock = threading.Lock()
+        # Ownership never changes once recorded, so it caches safely: only the first instance of a study
+        # or series costs a store transaction, the rest of a 300-slice series are dictionary hits.
+        self._study_owner: _Lru = _Lru(50_000)  # study UID -> (clinic, orthanc study id)
+        self._series_study: _Lru = _Lru(200_000)  # series UID -> study UID
+        self._parent: _Lru = _Lru(200_000)  # orthanc series/instance id -> orthanc study id
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def admit(self, data: bytes, clinic: str, source: str) -> Admission:
+        """Decide whether ``clinic`` may store this instance; records ownership of a new study."""
+        try:
+            ids = read_ids(data)
+        except NotDicom as exc:
+            return Admission(dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, str(exc))
+        owner = self._claim_study(ids, clinic, source)
+        if owner[0] != clinic:
+            return self._refuse(ids, clinic, source, "study", f"the study belongs to another clinic ({owner[0]!r})")
+        if owner[1] != ids.orthanc_study:
+            return self._refuse(ids, clinic, source, "patient", "the Study Instance UID is already used with "
+                                "a different Patient ID")
+        if self._claim_series(ids) != ids.study_uid:
+            return self._refuse(ids, clinic, source, "series", "the Series Instance UID belongs to another study")
+        existing = self._index.lookup("instance", ids.sop_uid)
+        if existing is not None and existing != ids.orthanc_instance:
+            return self._refuse(ids, clinic, source, "instance", "the SOP Instance UID already exists in another "
+                                "study or series")
+        return Admission(dicom_status.SUCCESS, "admitted", ids)
+
+    def _claim_study(self, ids: InstanceIds, clinic: str, source: str) -> tuple[str, str]:
+        with self._lock:
+            hit = self._study_owner.get(ids.study_uid)
+        if hit is None:
+            rec = self._store.claim_study(ids.study_uid, clinic, ids.orthanc_study, source)
+            hit = (rec.clinic, rec.orthanc_id)
+            if rec.clinic == clinic and rec.source == source:
+                log.info("study %r attributed to clinic %r", rec.orthanc_id, clinic)
+            with self._lock:
+                self._study_owner.put(ids.study_uid, hit)
+        return hit
+
+    def _claim_series(self, ids: InstanceIds) -> str:
+        with self._lock:
+            hit = self._series_study.get(ids.series_uid)
+        if hit is None:
+            hit = self._store.claim_series(ids.series_uid, ids.study_uid)
+            with self._lock:
+                self._series_study.put(ids.series_uid, hit)
+        return hit
+
+    def _refuse(self, ids: InstanceIds, clinic: str, source: str, what: str, reason: str) -> Admission:
+        # Operational log: no UIDs or patient identifiers, only who tried what; details go to the audit trail.
+        log.warning("cross-tenant write refused: %s from clinic %r (%s): %s", what, clinic, source, reason)
+        self._on_event("cross-tenant-write", {
+            "clinic": clinic, "source": source, "reason": reason,
+            "study_uid": ids.study_uid, "series_uid": ids.series_uid, "sop_uid": ids.sop_uid,
+        })
+        return Admission(dicom_status.REFUSED_NOT_AUTHORIZED, reason, ids)
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def scope(self, principal: Principal) -> frozenset[str] | None:
+        """Orthanc study IDs the principal may see; None means all (admins)."""
+        if principal.is_admin:
+            return None
+        if principal.clinic is None:
+            return frozenset()
+        return frozenset(self._store.clinic_orthanc_studies(principal.clinic))
+
+    def owns_orthanc_study(self, principal: Principal, study_id: str) -> bool:
+        if principal.is_admin:
+            return True
+        return principal.clinic is not None and self._store.owner_of_orthanc_study(study_id) == principal.clinic
+
+    def owns_study_uid(self, principal: Principal, study_uid: str) -> bool:
+        if principal.is_admin:
+            return True
+        rec = self._store.study_owner(study_uid)
+        return rec is not None and principal.clinic is not None and rec.clinic == principal.clinic
+
+    def study_of(self, level: str, orthanc_id: str) -> str | None:
+        """The Orthanc study ID above a study/series/instance, or None if there is no such resource."""
+        if level == "study":
+            return orthanc_id
+        with self._lock:
+            hit = self._parent.get(orthanc_id)
+        if hit is not None:
+            return hit
+        try:
+            if level == "instance":
+                series = self._index.get_json(f"/instances/{orthanc_id}")["ParentSeries"]
+                study = self.study_of("series", series)
+            elif level == "series":
+                study = self._index.get_json(f"/series/{orthanc_id}")["ParentStudy"]
+            else:
+                raise ValueError(f"level {level!r}: expected study, series or instance")
+        except (KeyError, LookupError, ValueError, TypeError) as exc:
+            log.debug("no %s %r: %s", level, orthanc_id, exc)
+            return None
+        except Exception as exc:  # orthanc.OrthancException for an unknown resource
+            log.debug("no %s %r: %s", level, orthanc_id, exc)
+            return None
+        if study is not None:
+            with self._lock:
+                self._parent.put(orthanc_id, study)
+        return study
+
+    def owns_resource(self, principal: Principal, level: str, orthanc_id: str) -> bool:
+        if principal.is_admin:
+            return True
+        study = self.study_of(level, orthanc_id)
+        return study is not None and self.owns_orthanc_study(principal, study)
+
+    def owns_uid(self, principal: Principal, level: str, uid: str) -> bool:
+        """Does the DICOM UID at ``level`` (study|series|instance) lie in a study the principal owns?"""
+        if principal.is_admin:
+            return True
+        if level == "study":
+            return self.owns_study_uid(principal, uid)
+        if level == "series":
+            study_uid = self._store.study_of_series(uid)
+            return study_uid is not None and self.owns_study_uid(principal, study_uid)
+        resource = self._index.lookup(level, uid)
+        return resource is not None and self.owns_resource(principal, level, resource)
