@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tenancy import encode
+from _dicom import encode
 
 from securepacs import dicom_status
 from securepacs.identity import ADMIN, CLINIC_DEVICE, Principal

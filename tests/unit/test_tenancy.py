@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
+from _dicom import encode
 
 from securepacs import dicom_status
 from securepacs.identity import ADMIN, AUDITOR, PHYSICIAN, Principal
@@ -33,14 +32,6 @@ class FakeIndex:
         if uri not in self.parents:
             raise LookupError(uri)
         return self.parents[uri]
-
-
-def encode(ds: Dataset) -> bytes:
-    ds = ds.copy()
-    ds.ensure_file_meta()
-    buf = io.BytesIO()
-    ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    return buf.getvalue()
 
 
 @pytest.fixture
