@@ -243,7 +243,7 @@ def test_parse_types_values_by_vr_and_drops_group_lengths() -> None:
 
 
 # -- encode_answer --------------------------------------------------------------------------------------
-def test_encode_answer_is_an_implicit_little_endian_utf8_dataset() -> None:
+def test_encode_answer_is_an_implicit_little_endian_latin1_dataset_when_possible() -> None:
     ds = ident("PATIENT", PatientName="MÜLLER^JÖRG", PatientID="P3", NumberOfPatientRelatedStudies="2")
     ds.ProcedureCodeSequence = Sequence([Dataset()])
     ds.ProcedureCodeSequence[0].CodeValue = "C1"
@@ -252,9 +252,14 @@ def test_encode_answer_is_an_implicit_little_endian_utf8_dataset() -> None:
     back = dcmread(io.BytesIO(data), force=True)
     back.file_meta = Dataset()
     back.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
-    assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "MÜLLER^JÖRG"
+    # Latin-1 (Orthanc's default encoding) whenever it fits: Orthanc's conversion of other charsets re-pads
+    # UIDs with a space instead of NUL.
+    assert back.SpecificCharacterSet == "ISO_IR 100" and str(back.PatientName) == "MÜLLER^JÖRG"
     assert back.ProcedureCodeSequence[0].CodeValue == "C1" and back.NumberOfPatientRelatedStudies == 2
     assert "SpecificCharacterSet" not in ds  # the caller's dataset is left alone
+    beyond = ident("PATIENT", PatientName="山田^太郎", PatientID="P4")
+    back = dcmread(io.BytesIO(encode_answer(beyond)), force=True)
+    assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "山田^太郎"
 
 
 # -- answers --------------------------------------------------------------------------------------------
