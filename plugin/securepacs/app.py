@@ -13,14 +13,23 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from securepacs import __version__, account_api, clinics, dicom_query, dicom_status, health, qido
+from securepacs import (
+    __version__,
+    account_api,
+    clinics,
+    dicom_query,
+    dicom_status,
+    health,
+    qido,
+    retrieve_policy,
+)
 from securepacs.accounts import Accounts, AccountSettings
 from securepacs.http_auth import HTTP_METHODS, HttpAuthenticator
-from securepacs.identity import CLINIC_DEVICE, Principal
+from securepacs.identity import CLINIC_DEVICE, GATEWAY, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
 from securepacs.move import MoveRefused, MoveService
 from securepacs.plugin_config import PluginConfig
-from securepacs.policy import HttpPolicy
+from securepacs.policy import OWNERSHIP_URI, HttpPolicy
 from securepacs.store import Store
 from securepacs.stow import StowService
 from securepacs.studies import StudyList
@@ -61,7 +70,7 @@ class SecurePacsApp:
             trusted_proxies=config.trusted_proxies,
             client_ip_header=config.client_ip_header,
         )
-        self.modalities = ModalitySync(self.store, modality_api)
+        self.modalities = ModalitySync(self.store, modality_api, config.move_relay_port)
         self.queries = dicom_query.QueryEngine(rest, study_uids=self.store.study_uids_of)
         self.moves = MoveService(self.store, self.tenancy, rest, on_security_event=self.security_event)
         self.stow = StowService(self.tenancy, rest)
@@ -119,6 +128,7 @@ class SecurePacsApp:
             (r"/securepacs/api/studies", "authenticated", self.study_list),
             (r"/securepacs/dicom-web/(studies|series|instances)", "authenticated", self.dicomweb),
             (r"/securepacs/api/clinics", "admin", self.clinic_list),
+            (OWNERSHIP_URI, "authenticated", self.ownership),
         ]
         return [(pattern, self.bind(handler, access))
                 for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store)]]
@@ -138,6 +148,25 @@ class SecurePacsApp:
             return handler(req, principal)
 
         return serve
+
+    def ownership(self, req: Request, principal: Principal | None) -> Response:
+        """The gateway asks before forwarding a C-GET: do these UIDs all belong to this clinic?"""
+        if principal is None or principal.role != GATEWAY:
+            return Response.error(403, "gateway service account required")
+        if req.method != "POST":
+            return Response(405, headers={"Allow": "POST"})
+        try:
+            request = retrieve_policy.parse_request(json.loads(req.body or b"{}"))
+        except ValueError as exc:
+            return Response.error(400, str(exc))
+        clinic, level, keys = request.clinic, request.level, request.keys
+        known = next((c for c in self.store.list_clinics() if c.name == clinic), None)
+        if known is None or not known.active:
+            return Response.json({"allowed": False, "reason": "unknown or revoked clinic"})
+        allowed, reason = retrieve_policy.decide(self.tenancy, retrieve_policy.clinic_principal(clinic), level, keys)
+        if not allowed:
+            self.security_event("cross-tenant-read", {"clinic": clinic, "level": level, "reason": reason})
+        return Response.json({"allowed": allowed, "reason": reason})
 
     def clinic_list(self, req: Request, principal: Principal | None) -> Response:
         """Enrolled clinics with their AE titles, C-MOVE destination and certificate state (admins).

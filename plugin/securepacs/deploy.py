@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from securepacs import passwords, user_admin
+from securepacs.identity import GATEWAY
+from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
 from securepacs.settings import Settings
 from securepacs.store import Store
@@ -32,6 +34,7 @@ PYTHON_PLUGIN = Path(os.environ.get("SECUREPACS_PYTHON_PLUGIN", "/usr/share/orth
 DICOMWEB_PLUGIN = Path(os.environ.get("SECUREPACS_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 CLIENT_IP_HEADER = "X-SecurePACS-Client-IP"
 ADMIN_USER = "admin"
+GATEWAY_USER = "gateway"
 
 
 class DeployError(RuntimeError):
@@ -124,16 +127,36 @@ def ensure_admin(store: Store, credential_path: Path) -> bool:
     return True
 
 
+def ensure_gateway_account(store: Store, credential_path: Path, owner: pwd.struct_passwd | None) -> bool:
+    """The gateway's service account (role ``gateway``: may only ask the plugin who owns what).
+
+    Its password is generated, kept only in a 0600 file the gateway reads, and replaced on every start
+    when the file is missing, so nobody ever needs to know it.
+    """
+    user = store.get_user(GATEWAY_USER)
+    if user is not None and credential_path.exists():
+        return False
+    password = user_admin.generate_password(GATEWAY_USER)
+    _write(credential_path, f"username: {GATEWAY_USER}\npassword: {password}\n", mode=0o600, owner=owner)
+    if user is None:
+        store.add_user(GATEWAY_USER, passwords.hash_password(password), GATEWAY)
+    else:
+        store.set_password(GATEWAY_USER, passwords.hash_password(password))
+    return True
+
+
 def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str, Any]:
+    internal = InternalPki(s.certs_dir)
     return {
         "DicomAet": s.aet,
-        "DicomPort": s.dicom_port,
+        # Behind the gateway: clinics reach this port only through it (it trusts only the internal CA).
+        "DicomPort": s.internal_dicom_port,
         "HttpPort": s.http_port,
         "StorageDirectory": str(storage_dir),
         "IndexDirectory": str(storage_dir),
-        "DicomTlsCertificate": str(pki.server_cert_path),
-        "DicomTlsPrivateKey": str(pki.server_key_path),
-        "DicomTlsTrustedCertificates": str(pki.ca_cert_path),
+        "DicomTlsCertificate": str(internal.cert_path("orthanc")),
+        "DicomTlsPrivateKey": str(internal.key_path("orthanc")),
+        "DicomTlsTrustedCertificates": str(internal.ca_cert_path),
         "Plugins": [str(PYTHON_PLUGIN), str(DICOMWEB_PLUGIN)],
         "PythonScript": str(PLUGIN_SCRIPT),
         # DICOMweb for viewers; nginx terminates TLS, so generated URLs must say https.
@@ -150,6 +173,7 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
             "Store": str(s.store_path),
             "TrustedProxies": ["127.0.0.1", "::1"],
             "ClientIpHeader": CLIENT_IP_HEADER,
+            "MoveRelayPort": s.egress_port,
             **({"SessionIdleSeconds": s.session_idle_seconds} if s.session_idle_seconds else {}),
         },
     }
@@ -204,10 +228,21 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
     # Orthanc (unprivileged) needs its key; the CA key stays root-only.
     _chown(pki.server_key_path, users.orthanc)
     check_reachable(pki.server_key_path, users.orthanc)
+    internal = InternalPki(s.certs_dir)
+    if internal.ca_key_path.exists() and not os.access(internal.ca_key_path, os.R_OK):
+        if not internal.complete():
+            raise DeployError(f"internal certificates in {internal.dir} are incomplete: run the init step "
+                              "(`securepacs serve --prepare-only` as root)")
+    else:
+        created = internal.ensure() or created
+        if users.orthanc is not None:
+            internal.hand_over(users.orthanc.pw_uid, users.orthanc.pw_gid)
 
     store = Store(s.store_path)
     try:
         admin_created = ensure_admin(store, s.admin_credential_path)
+        _mkdir(s.gateway_dir, 0o700, users.orthanc)
+        ensure_gateway_account(store, s.gateway_credential_path, users.orthanc)
     finally:
         store.close()
 

@@ -8,7 +8,11 @@ ADMIN = "admin"
 PHYSICIAN = "physician"
 CLINIC_DEVICE = "clinic-device"
 AUDITOR = "auditor"
-ROLES = (ADMIN, PHYSICIAN, CLINIC_DEVICE, AUDITOR)
+# The DICOM gateway's service account: may only ask whether UIDs belong to a clinic (C-GET checks).
+GATEWAY = "gateway"
+ROLES = (ADMIN, PHYSICIAN, CLINIC_DEVICE, AUDITOR, GATEWAY)
+# Roles a person can be given (securepacs user add / REST); service roles are created by deploy only.
+USER_ROLES = (ADMIN, PHYSICIAN, CLINIC_DEVICE, AUDITOR)
 # Roles that act for exactly one clinic: they must name it, and they only ever see its studies.
 CLINIC_ROLES = frozenset({PHYSICIAN, CLINIC_DEVICE})
 

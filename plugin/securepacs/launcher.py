@@ -1,4 +1,5 @@
-"""Run Orthanc (with the plugin) and nginx in the foreground until Ctrl-C, stopping both cleanly."""
+"""Run Orthanc (with the plugin), the DICOM gateway and nginx in the foreground until Ctrl-C, stopping all
+cleanly."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -36,6 +38,38 @@ def _orthanc_cmd(p: Prepared) -> list[str]:
 
 def _nginx_cmd(p: Prepared) -> list[str]:
     return ["nginx", "-e", "stderr", "-p", str(p.nginx_conf.parent), "-c", str(p.nginx_conf), "-g", "daemon off;"]
+
+
+def _gateway_cmd() -> list[str]:
+    # Its own entry point: the full CLI would load every subcommand (~70 MB) into a process with a budget.
+    # Shorter than the launcher's 30 s stop wait, so running associations end before it kills anything.
+    cmd = [sys.executable, "-m", "securepacs.gateway", "--shutdown-grace", "20"]
+    # Operators (and the fuzz test, which opens 10,000 connections from one address) may tune the
+    # per-address connection rate; everything else is configured through the settings.
+    rate = os.environ.get("SECUREPACS_GATEWAY_RATE_PER_IP", "").strip()
+    if rate:
+        try:
+            burst = max(40, int(float(rate) * 2))
+        except ValueError:
+            raise LaunchError(f"SECUREPACS_GATEWAY_RATE_PER_IP={rate!r} is invalid: expected connections "
+                              "per second (0 disables the limit)") from None
+        cmd += ["--rate-per-ip", rate, "--rate-burst", str(burst)]
+    return cmd
+
+
+def wait_listening(port: int, procs: list[subprocess.Popen], timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:port (the gateway closes such probes quietly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise LaunchError(f"{proc.args[0]} exited with status {proc.returncode} during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise LaunchError(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
 def check_nginx_config(p: Prepared) -> None:
@@ -69,13 +103,17 @@ def wait_healthy(
     raise LaunchError(f"{url} did not report healthy within {timeout:.0f} s")
 
 
-class Archive:
-    """Orthanc + nginx as child processes (or only one of them, for the two compose services)."""
+COMPONENTS = ("orthanc", "gateway", "nginx")
 
-    def __init__(self, prepared: Prepared, components: tuple[str, ...] = ("orthanc", "nginx")):
+
+class Archive:
+    """Orthanc, the gateway and nginx as child processes (or one of them, for the compose services)."""
+
+    def __init__(self, prepared: Prepared, components: tuple[str, ...] = COMPONENTS):
         self.p = prepared
         self.components = components
         self.orthanc: subprocess.Popen | None = None
+        self.gateway: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
 
     def start(self) -> dict:
@@ -83,6 +121,11 @@ class Archive:
             report: dict = {}
             if "orthanc" in self.components:
                 report = self._start_orthanc()
+            if "gateway" in self.components:
+                if "orthanc" not in self.components:
+                    wait_healthy(self._internal_health_url(), [])
+                self.gateway = self._spawn(_gateway_cmd())
+                wait_listening(self.p.settings.dicom_port, [p for p in (self.orthanc, self.gateway) if p])
             if "nginx" in self.components:
                 check_nginx_config(self.p)
                 if "orthanc" not in self.components:
@@ -91,7 +134,7 @@ class Archive:
                 self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True)
                 report = wait_healthy(
                     f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
-                    [p for p in (self.orthanc, self.nginx) if p],
+                    [p for p in (self.orthanc, self.gateway, self.nginx) if p],
                     context=https_context(self.p.settings.certs_dir / "ca" / "ca.crt"),
                 )
             return report
@@ -102,22 +145,30 @@ class Archive:
     def _internal_health_url(self) -> str:
         return f"http://127.0.0.1:{self.p.settings.http_port}/securepacs/health"
 
-    def _start_orthanc(self) -> dict:
-        env = {**os.environ, **self.p.orthanc_env}
+    def _spawn(self, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a child as the service user (Orthanc and the gateway both run as ``orthanc``)."""
+        env = {**os.environ, **(extra_env or {})}
         user = self.p.users.orthanc
         kwargs: dict = {}
         if user is not None:
             kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
         # Own process group: Ctrl-C in the terminal reaches only us, and we stop the children in order.
-        self.orthanc = subprocess.Popen(_orthanc_cmd(self.p), env=env, start_new_session=True, **kwargs)
+        return subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs)
+
+    def _start_orthanc(self) -> dict:
+        self.orthanc = self._spawn(_orthanc_cmd(self.p), self.p.orthanc_env)
         return wait_healthy(self._internal_health_url(), [self.orthanc])
 
     def stop(self, timeout: float = 30.0) -> None:
-        # nginx first (no new requests), gracefully; then Orthanc, which flushes its index on SIGTERM.
+        # nginx first (no new requests), gracefully; then the gateway, which lets running associations
+        # finish; then Orthanc, which flushes its index on SIGTERM.
         if self.nginx and self.nginx.poll() is None:
             self.nginx.send_signal(signal.SIGQUIT)
             _wait(self.nginx, timeout)
+        if self.gateway and self.gateway.poll() is None:
+            self.gateway.send_signal(signal.SIGTERM)
+            _wait(self.gateway, timeout)
         if self.orthanc and self.orthanc.poll() is None:
             self.orthanc.send_signal(signal.SIGTERM)
             _wait(self.orthanc, timeout)
@@ -133,7 +184,7 @@ class Archive:
         old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not stopping:
-                for proc in (self.orthanc, self.nginx):
+                for proc in (self.orthanc, self.gateway, self.nginx):
                     if proc is not None and proc.poll() is not None:
                         log.error("%s exited unexpectedly with status %s; stopping", proc.args[0], proc.returncode)
                         self.stop()
@@ -163,7 +214,7 @@ def banner(p: Prepared, health: dict) -> str:
     lines = [
         "",
         f"SecurePACS {health.get('version')} is running (Orthanc {health['components']['orthanc'].get('version')})",
-        f"  DICOM (mutual TLS only): host {host}  port {s.dicom_port}  AE title {s.aet}",
+        f"  DICOM (mutual TLS only): host {host}  port {s.dicom_port}  AE title {s.aet}  (gateway)",
         f"  HTTPS:                   https://{host}:{s.https_port}/  (health: /securepacs/health)",
         f"  CA certificate:          {Path(s.certs_dir) / 'ca' / 'ca.crt'}",
         f"  Data:                    {s.data_dir}",

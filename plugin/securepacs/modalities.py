@@ -31,26 +31,33 @@ class ModalityApi(Protocol):
     def delete(self, name: str) -> None: ...
 
 
-def desired_modalities(store: Store) -> dict[str, dict[str, Any]]:
+def desired_modalities(store: Store, relay_port: int | None = None) -> dict[str, dict[str, Any]]:
+    """With the gateway (``relay_port``), C-MOVE sub-operations go to its loopback egress relay, which
+    dials the clinic's registered address with the clinic CA verified; and C-GET is allowed because the
+    gateway checks every C-GET against the clinic's studies."""
     wanted: dict[str, dict[str, Any]] = {}
     for clinic in store.list_clinics():
         if not clinic.active:
             continue
+        has_address = bool(clinic.move_host and clinic.move_port)
         for index, aet in enumerate(clinic.aets):
+            if relay_port and has_address:
+                host, port = "127.0.0.1", relay_port
+            else:
+                host, port = clinic.move_host or NO_MOVE_HOST, clinic.move_port or NO_MOVE_PORT
             wanted[f"{PREFIX}{clinic.name}-{index}"] = {
                 "AET": aet,
-                "Host": clinic.move_host or NO_MOVE_HOST,
-                "Port": clinic.move_port or NO_MOVE_PORT,
+                "Host": host,
+                "Port": port,
                 "Manufacturer": "Generic",
                 # Least privilege for a clinic device: echo, store, find (tenant-scoped by the plugin),
-                # move (own studies, own destinations: checked by the plugin). No C-GET: Orthanc 1.10 gives
-                # plugins no C-GET hook, so it cannot be limited to the clinic's studies until the gateway
-                # inspects C-GET requests.
+                # move (own studies, own destinations: checked by the plugin), get only behind the gateway
+                # (Orthanc 1.10 gives plugins no C-GET hook; the gateway inspects each C-GET).
                 "AllowEcho": True,
                 "AllowStore": True,
                 "AllowFind": True,
                 "AllowMove": True,
-                "AllowGet": False,
+                "AllowGet": bool(relay_port),
                 "AllowEventReport": False,
                 "AllowNAction": False,
                 "AllowFindWorklist": False,
@@ -64,9 +71,10 @@ def _same(current: dict[str, Any], body: dict[str, Any]) -> bool:
 
 
 class ModalitySync:
-    def __init__(self, store: Store, api: ModalityApi):
+    def __init__(self, store: Store, api: ModalityApi, relay_port: int | None = None):
         self._store = store
         self._api = api
+        self._relay_port = relay_port
         self._generation = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,7 +86,7 @@ class ModalitySync:
         generation = self._store.generation()
         if generation == self._generation:
             return False
-        wanted = desired_modalities(self._store)
+        wanted = desired_modalities(self._store, self._relay_port)
         current = {k: v for k, v in self._api.list().items() if k.startswith(PREFIX)}
         for name in sorted(set(current) - set(wanted)):
             self._api.delete(name)

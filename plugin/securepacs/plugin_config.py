@@ -36,11 +36,14 @@ class PluginConfig:
     session_max_seconds: int = 43200
     max_login_failures: int = 5
     lockout_seconds: int = 900
+    # The DICOM gateway's egress relay on loopback: C-MOVE sub-operations leave through it. None: no
+    # gateway (Orthanc dials clinics itself, and C-GET stays off because nothing could check it).
+    move_relay_port: int | None = None
 
 
 _KNOWN = {
     "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
-    "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds",
+    "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds", "MoveRelayPort",
 }
 
 
@@ -118,7 +121,12 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
             f"{orthanc_config.get('DicomTlsRemoteCertificateRequired')!r} is invalid: expected true"
         )
 
+    relay = section.get("MoveRelayPort")
+    if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 1 <= relay <= 65535):
+        raise _fail("MoveRelayPort", relay, "a TCP port number 1-65535 (the gateway's egress relay)")
+
     return PluginConfig(
+        move_relay_port=relay,
         store_path=Path(store),
         trusted_proxies=tuple(proxies),
         client_ip_header=header.lower(),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from securepacs.identity import AUDITOR, CLINIC_DEVICE, PHYSICIAN, Principal
+from securepacs.identity import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal
 from securepacs.tenancy import Tenancy
 
 _ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"  # an Orthanc resource ID
@@ -39,6 +39,7 @@ _STOW = "/securepacs/dicom-web/studies"
 _SELF_SERVICE = re.compile(r"/securepacs/(?:logout|api/me(?:/.*)?)")
 
 CLINIC_READERS = frozenset({PHYSICIAN, CLINIC_DEVICE})
+OWNERSHIP_URI = "/securepacs/internal/ownership"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class HttpPolicy:
     def decide(self, principal: Principal, method: str, uri: str, get: Mapping[str, str]) -> Verdict:
         if principal.is_admin:
             return Verdict(True, "admin")
+        if principal.role == GATEWAY:
+            # The gateway's service account asks who owns what, nothing else (not even its own account).
+            if method == "POST" and uri == OWNERSHIP_URI:
+                return Verdict(True, "gateway ownership check")
+            return Verdict(False, "the gateway account may only ask for ownership decisions")
         if _SELF_SERVICE.fullmatch(uri):
             return Verdict(True, "own account")
         if principal.role == AUDITOR:

@@ -17,6 +17,8 @@ DEFAULT_AET = "SECUREPACS"
 DEFAULT_DICOM_PORT = 2762  # IANA dicom-tls
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_HTTP_PORT = 8042  # Orthanc's own HTTP port: loopback only, behind nginx
+DEFAULT_INTERNAL_DICOM_PORT = 2763  # Orthanc's DICOM port behind the gateway (internal CA only)
+DEFAULT_EGRESS_PORT = 2764  # the gateway's loopback relay for Orthanc's outgoing C-MOVE associations
 
 # PS3.5 6.2: AE is at most 16 characters of the default repertoire, no backslash, no control characters.
 # Leading/trailing spaces are not significant, so an AE title made only of spaces is meaningless.
@@ -57,6 +59,10 @@ class Settings:
     dicom_port: int = DEFAULT_DICOM_PORT
     https_port: int = DEFAULT_HTTPS_PORT
     http_port: int = DEFAULT_HTTP_PORT
+    # Orthanc's own DICOM port behind the gateway (TLS, trusts only the internal CA) and the gateway's
+    # loopback relay through which Orthanc's C-MOVE sub-operations leave.
+    internal_dicom_port: int = DEFAULT_INTERNAL_DICOM_PORT
+    egress_port: int = DEFAULT_EGRESS_PORT
     aet: str = DEFAULT_AET
     hostnames: tuple[str, ...] = ("localhost",)
     nginx_dir_override: Path | None = None
@@ -79,6 +85,15 @@ class Settings:
     def admin_credential_path(self) -> Path:
         return self.secrets_dir / "admin-credential.txt"
 
+    @property
+    def gateway_dir(self) -> Path:
+        """The gateway's own files (service user, 0700): its service credential and connection events."""
+        return self.data_dir / "gateway"
+
+    @property
+    def gateway_credential_path(self) -> Path:
+        return self.gateway_dir / "credential.txt"
+
 
 def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
     """Build settings from ``SECUREPACS_*`` variables; relative paths are relative to ``cwd``."""
@@ -100,6 +115,8 @@ def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> S
         dicom_port=_port(env, "SECUREPACS_DICOM_PORT", DEFAULT_DICOM_PORT),
         https_port=_port(env, "SECUREPACS_HTTPS_PORT", DEFAULT_HTTPS_PORT),
         http_port=_port(env, "SECUREPACS_HTTP_PORT", DEFAULT_HTTP_PORT),
+        internal_dicom_port=_port(env, "SECUREPACS_INTERNAL_DICOM_PORT", DEFAULT_INTERNAL_DICOM_PORT),
+        egress_port=_port(env, "SECUREPACS_EGRESS_PORT", DEFAULT_EGRESS_PORT),
         aet=aet,
         hostnames=tuple(dict.fromkeys(hosts)),
         nginx_dir_override=(cwd / env["SECUREPACS_NGINX_DIR"]).resolve() if env.get("SECUREPACS_NGINX_DIR") else None,

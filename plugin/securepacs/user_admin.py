@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from securepacs import passwords
-from securepacs.identity import ADMIN, CLINIC_ROLES, ROLES
+from securepacs.identity import ADMIN, CLINIC_ROLES, USER_ROLES
 from securepacs.store import Store, StoreError, User
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ def generate_password(username: str) -> str:
 
 def validate_role_and_clinic(store: Store, role: object, clinic: object) -> None:
     """Clinic roles name an enrolled, unrevoked clinic; admins and auditors are not bound to one."""
-    if role not in ROLES:
-        raise AccountError(f"role {role!r} is invalid: expected one of {list(ROLES)}")
+    if role not in USER_ROLES:
+        raise AccountError(f"role {role!r} is invalid: expected one of {list(USER_ROLES)}")
     if role not in CLINIC_ROLES:
         if clinic is not None:
             raise AccountError(f"role {role!r} acts for no clinic: expected no clinic, got {clinic!r}")

@@ -229,7 +229,7 @@ def make_archive(prefix: str) -> Archive:
     # Not pytest's tmp_path: that lives under a 0700 directory the unprivileged Orthanc user cannot enter.
     root = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(root, 0o755)  # noqa: S103 (the unprivileged service user must traverse it; no secrets at this level)
-    ports = {name: free_port() for name in ("dicom", "https", "http")}
+    ports = {name: free_port() for name in ("dicom", "https", "http", "internal", "egress")}
     env = {
         **os.environ,
         "SECUREPACS_DATA": str(root / "data"),
@@ -237,6 +237,11 @@ def make_archive(prefix: str) -> Archive:
         "SECUREPACS_DICOM_PORT": str(ports["dicom"]),
         "SECUREPACS_HTTPS_PORT": str(ports["https"]),
         "SECUREPACS_HTTP_PORT": str(ports["http"]),
+        "SECUREPACS_INTERNAL_DICOM_PORT": str(ports["internal"]),
+        "SECUREPACS_EGRESS_PORT": str(ports["egress"]),
+        # The fuzz test opens 10,000 connections from 127.0.0.1; the default (20/s) would make it take
+        # minutes. The limiter itself is covered by the gateway's unit tests.
+        "SECUREPACS_GATEWAY_RATE_PER_IP": "2000",
         "SECUREPACS_HOSTNAMES": "localhost,127.0.0.1",
     }
     return Archive(root, env, ports["dicom"], ports["https"], ports["http"])

@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 SECUREPACS = Path(sys.executable).with_name("securepacs")
-CONFIG_KEYS = ("a", "b", "c", "d", "e")
+CONFIG_KEYS = ("a", "b", "c", "d", "e", "f")
 
 
 def _bench_command(output: Path) -> list[str]:
@@ -42,8 +42,15 @@ def test_bench_quick_writes_a_complete_report() -> None:
         res = subprocess.run(_bench_command(output), capture_output=True, text=True, timeout=300, check=False)
         assert res.returncode == 0, f"bench --quick failed ({res.returncode}):\n{res.stderr[-4000:]}"
         report = (output / "report.md").read_text(encoding="utf-8")
-        for heading in ("## Machine", "## Configurations", "## Targets", "## Seed experiment"):
+        for heading in ("## Machine", "## Configurations", "## Targets", "## Seed experiment",
+                        "## Gateway (d) vs Orthanc native TLS (f)"):
             assert heading in report
+        # The gateway's figures are measured (their values are not judged here).
+        for target in ("Gateway vs Orthanc native TLS", "Gateway vs direct with stock", "Handshake p95",
+                       "Gateway RSS with 8 concurrent"):
+            row = re.search(rf"^\| {target}[^|]*\|[^|]*\| ([^|]*) \|", report, re.MULTILINE)
+            assert row and row.group(1).strip() and "not measured" not in row.group(1), \
+                f"gateway target {target!r} not measured: {row.group(0) if row else 'no row'}"
         for fact in ("CPU", "Cores", "OS", "Orthanc", "DCMTK", "OpenSSL", "Python"):
             assert re.search(rf"^\| {fact} \| \S", report, re.MULTILINE), f"machine fact {fact} missing"
         section = report.split("## Configurations", 1)[1].split("\n## ", 1)[0]

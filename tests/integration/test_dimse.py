@@ -33,7 +33,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 from securepacs.client import (
     Connection,
     ConnectionFailed,
-    DimseFailed,
     TlsConfig,
     create_context,
     echo,
@@ -401,18 +400,22 @@ def _received_datasets(out_dir: Path) -> dict[str, bytes]:
     return {sop_uid_of(p): file_dataset(p) for p in out_dir.iterdir() if p.suffix == ".dcm"}
 
 
-def test_get_is_refused_until_the_gateway_can_check_it(archive, clinic_a, tmp_path):
-    """Orthanc 1.10 gives plugins no C-GET hook, so C-GET cannot be limited to the clinic's studies:
-    refused for clinic AE titles (modality AllowGet false) until the gateway inspects C-GET requests."""
-    study, _ = stored_study(archive, clinic_a, tmp_path, "get-study", 2, "SYNDIMSE-GET-1")
+def test_get_study_and_series_byte_for_byte(archive, clinic_a, tmp_path):
+    study, study_files = stored_study(archive, clinic_a, tmp_path, "get-study", 6, "SYNDIMSE-GET-1")
+    other, other_files = stored_study(archive, clinic_a, tmp_path, "get-series", 5, "SYNDIMSE-GET-2")
+
     out = tmp_path / "out-study"
-    try:
-        result = get(archive.conn(clinic_a), "STUDY", {"StudyInstanceUID": study.study_uid}, out_dir=out)
-    except DimseFailed as exc:
-        assert exc.status is None or exc.status != 0, exc
-    else:
-        assert not result.ok and result.completed == 0 and result.files == 0, result.report("C-GET")
-    assert not out.exists() or not any(out.iterdir())
+    result = get(archive.conn(clinic_a), "STUDY", {"StudyInstanceUID": study.study_uid}, out_dir=out)
+    assert result.ok and (result.completed, result.failed, result.files) == (6, 0, 6), result.report("C-GET")
+    assert_same_datasets(_received_datasets(out), study_files)
+
+    out = tmp_path / "out-series"
+    # The series through the other AE title and the patient root model.
+    result = get(archive.conn(clinic_a, aet="CLINICA2"), "SERIES",
+                 {"PatientID": other.patient_id, "StudyInstanceUID": other.study_uid,
+                  "SeriesInstanceUID": other.series_uid}, out_dir=out, root="patient")
+    assert result.ok and (result.completed, result.files) == (5, 5), result.report("C-GET")
+    assert_same_datasets(_received_datasets(out), other_files)
 
 
 # -- 6. C-MOVE to a TLS storage SCP ---------------------------------------------------------------------
@@ -546,20 +549,19 @@ class TlsTunnel:
                         select.select([], [upstream], [], 5)
 
 
-def test_dcmtk_getscu_is_refused(archive, clinic_a, dcmtk_study, tmp_path):
-    spec, _ = dcmtk_study
+def test_dcmtk_getscu_byte_for_byte(archive, clinic_a, dcmtk_study, tmp_path):
+    spec, files = dcmtk_study
     tunnel = TlsTunnel(archive, clinic_a)
-    out = tmp_path / "getscu"
-    out.mkdir()
     try:
-        env = {**os.environ, "TCP_NODELAY": "1"}
-        res = subprocess.run(
-            ["getscu", "-aet", clinic_a.aets[0], "-aec", archive.aet, "-S", "-k", "QueryRetrieveLevel=STUDY",
-             "-k", f"StudyInstanceUID={spec.study_uid}", "-od", str(out), "127.0.0.1", str(tunnel.port)],
-            env=env, capture_output=True, text=True, timeout=DCMTK_TIMEOUT, check=False)
+        out = tmp_path / "getscu"
+        out.mkdir()
+        dcmtk("getscu", "-aet", clinic_a.aets[0], "-aec", archive.aet, "-S", "-k", "QueryRetrieveLevel=STUDY",
+              "-k", f"StudyInstanceUID={spec.study_uid}", "-od", str(out), "127.0.0.1", str(tunnel.port))
     finally:
         tunnel.close()
-    assert not any(out.iterdir()), res.stdout + res.stderr
+    assert not tunnel.errors, tunnel.errors
+    received = {sop_uid_of(p): file_dataset(p) for p in out.iterdir()}
+    assert_same_datasets(received, files)
 
 
 def _wait_for_tls_scp(archive, clinic, port: int, proc: subprocess.Popen) -> None:

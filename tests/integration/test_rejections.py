@@ -511,21 +511,13 @@ def test_old_tls_version_is_refused_openssl_cli(archive, clinic_a, port_kind, la
     archive.assert_serving()
 
 
-# Known gap, measured: Orthanc 1.10.1 hard-codes DCMTK's BCP195 profile, whose cipher list re-adds
-# TLS_RSA_WITH_AES_128_CBC_SHA and overrides OPENSSL_CONF's CipherString (and @SECLEVEL=3) on the DICOM
-# port. Only a TLS terminator in front of Orthanc can refuse it: the gateway (issue 6). Strict xfail, so
-# this case turns red the moment the gateway fixes it and the marker must go.
-_AES128_SHA_GAP = pytest.mark.xfail(
-    strict=True, reason="Orthanc 1.10.1/DCMTK BCP195 accepts AES128-SHA on the DICOM port until the gateway"
-)
-
-
+# Orthanc 1.10.1 alone accepted AES128-SHA on the DICOM port (DCMTK's BCP195 list overrides OPENSSL_CONF);
+# the gateway terminates TLS in front of it with AEAD suites only, so every weak suite is refused now.
 def _suite_cases() -> list:
     cases = []
     for port_kind in ("dicom", "https"):
         for suite in sorted(WEAK_SUITES):
-            marks = [_AES128_SHA_GAP] if (port_kind, suite) == ("dicom", "AES128-SHA") else []
-            cases.append(pytest.param(port_kind, suite, marks=marks, id=f"{port_kind}-{suite}"))
+            cases.append(pytest.param(port_kind, suite, id=f"{port_kind}-{suite}"))
     return cases
 
 

@@ -278,10 +278,11 @@ def test_dcmtk_movescu_of_a_foreign_study_fails(world, move_scp):
     assert not move_scp.received
 
 
-def test_cget_is_refused_for_clinics_until_the_gateway(world, tmp_path):
+def test_cget_of_another_clinics_study_is_refused_by_the_gateway(world, tmp_path):
     conn = world.archive.conn(world.archive.clinics["clinicA"])
+    b1 = world.b.studies[0]
     try:
-        result = get(conn, "STUDY", {"StudyInstanceUID": world.a.studies[0].study_uid}, out_dir=tmp_path)
+        result = get(conn, "STUDY", {"StudyInstanceUID": b1.study_uid}, out_dir=tmp_path)
     except DimseFailed:
         return
     assert not result.ok and result.files == 0, result.report("C-GET")

@@ -17,6 +17,7 @@ import pytest
 
 from securepacs import deploy, passwords, plugin_config, user_admin
 from securepacs.deploy import DeployError, ServiceUsers
+from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
 from securepacs.settings import Settings
 from securepacs.store import Store
@@ -81,11 +82,16 @@ def test_orthanc_runtime_config(settings: Settings, pki: Pki, tmp_path: Path) ->
     storage = tmp_path / "data" / "orthanc"
     cfg = deploy.orthanc_runtime_config(settings, pki, storage)
     assert cfg["DicomAet"] == "TEST_PACS"
-    assert (cfg["DicomPort"], cfg["HttpPort"]) == (12762, 18042)
+    # Orthanc's DICOM port is the internal one behind the gateway, and trusts only the internal CA: clinic
+    # certificates (public CA) cannot reach it directly.
+    assert (cfg["DicomPort"], cfg["HttpPort"]) == (settings.internal_dicom_port, 18042)
+    assert cfg["DicomPort"] != settings.dicom_port
     assert cfg["StorageDirectory"] == cfg["IndexDirectory"] == str(storage)
-    assert cfg["DicomTlsCertificate"] == str(pki.server_cert_path)
-    assert cfg["DicomTlsPrivateKey"] == str(pki.server_key_path)
-    assert cfg["DicomTlsTrustedCertificates"] == str(pki.ca_cert_path)
+    internal = InternalPki(settings.certs_dir)
+    assert cfg["DicomTlsCertificate"] == str(internal.cert_path("orthanc"))
+    assert cfg["DicomTlsPrivateKey"] == str(internal.key_path("orthanc"))
+    assert cfg["DicomTlsTrustedCertificates"] == str(internal.ca_cert_path) != str(pki.ca_cert_path)
+    assert cfg["SecurePACS"]["MoveRelayPort"] == settings.egress_port
     assert cfg["Plugins"] == [str(deploy.PYTHON_PLUGIN), str(deploy.DICOMWEB_PLUGIN)]
     assert cfg["PythonScript"] == str(deploy.PLUGIN_SCRIPT)
     assert Path(cfg["PythonScript"]).is_file() and Path(cfg["PythonScript"]).name == "securepacs_plugin.py"
@@ -268,3 +274,23 @@ def test_check_reachable_accepts_owner_or_group_access(open_base: Path, owner: t
     os.chown(data, *owner)
     os.chmod(data, mode)
     deploy.check_reachable(data, fake_user())
+
+
+def test_gateway_account_is_created_once_with_a_private_credential(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        path = tmp_path / "gateway" / "credential.txt"
+        path.parent.mkdir()
+        assert deploy.ensure_gateway_account(store, path, None) is True
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        fields = dict(line.split(": ", 1) for line in path.read_text().splitlines())
+        user = store.get_user("gateway")
+        assert user is not None and user.role == "gateway" and user.clinic is None
+        assert passwords.verify_password(fields["password"], user.password_hash)
+        assert deploy.ensure_gateway_account(store, path, None) is False  # kept across starts
+        path.unlink()  # lost file: a new password, the account stays
+        assert deploy.ensure_gateway_account(store, path, None) is True
+        new = dict(line.split(": ", 1) for line in path.read_text().splitlines())["password"]
+        assert new != fields["password"] and passwords.verify_password(new, store.get_user("gateway").password_hash)
+    finally:
+        store.close()

@@ -243,3 +243,13 @@ def test_background_loop_records_and_clears_the_last_error(
 
 def test_stop_without_start_is_harmless(store: Store) -> None:
     ModalitySync(store, FakeModalityApi()).stop()
+
+
+def test_behind_the_gateway_moves_go_through_its_relay_and_get_is_allowed(store: Store) -> None:
+    store.add_clinic("north", ["NORTH_CT"], move_host="10.0.0.9", move_port=11112)
+    store.add_clinic("south", ["SOUTH_CT"])  # no retrieve address
+    wanted = desired_modalities(store, relay_port=2764)
+    north, south = wanted[f"{PREFIX}north-0"], wanted[f"{PREFIX}south-0"]
+    assert (north["Host"], north["Port"]) == ("127.0.0.1", 2764)  # the egress relay dials 10.0.0.9:11112
+    assert (south["Host"], south["Port"]) == (NO_MOVE_HOST, NO_MOVE_PORT)
+    assert north["AllowGet"] is True and south["AllowGet"] is True  # the gateway checks each C-GET

@@ -144,3 +144,13 @@ def test_the_other_clinic_sees_the_mirror_image(policy: HttpPolicy) -> None:
     assert policy.decide(south, "GET", f"/studies/{FOREIGN_STUDY}", {}).allowed
     assert not policy.decide(south, "GET", f"/studies/{OWN_STUDY}", {}).allowed
     assert not policy.decide(south, "GET", f"/dicom-web/studies/{OWN_UID}", {}).allowed
+
+
+def test_the_gateway_account_may_only_ask_for_ownership(policy: HttpPolicy) -> None:
+    gateway = Principal("gateway", "gateway", None)
+    assert policy.decide(gateway, "POST", "/securepacs/internal/ownership", {}).allowed
+    for method, uri in (("GET", "/securepacs/internal/ownership"), ("GET", "/securepacs/api/me"),
+                        ("GET", f"/studies/{OWN_STUDY}"), ("GET", "/system")):
+        assert not policy.decide(gateway, method, uri, {}).allowed, (method, uri)
+    for who in (DOCTOR, DEVICE, AUDIT):
+        assert not policy.decide(who, "POST", "/securepacs/internal/ownership", {}).allowed

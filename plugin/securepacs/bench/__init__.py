@@ -1,6 +1,9 @@
 """Ingest benchmark: starts each archive configuration itself, sends the same data, writes a report.
 
-``securepacs bench`` (and ``scripts/bench``) drive :func:`securepacs.bench.runner.run`; the pieces are
-``configs`` (start/stop the five configurations a-e), ``runner`` (cells, interleaved timing, statistics),
-``report`` (Markdown + PNG plots) and ``machine`` (what it ran on).
+``securepacs bench`` (and ``scripts/bench``) drive :func:`securepacs.bench.runner.run`. The pieces:
+``specs`` (the configurations a-f, import-light), ``common``/``server`` (credentials, a started
+configuration, /proc accounting), ``configs``/``fullstack`` (start and stop them), ``plan`` (which cells),
+``clients`` (storescu and our client, one timed run), ``probes`` (handshakes, association set-up, the
+gateway's many-association memory run), ``model`` (results and statistics), ``report``/``gateway_report``/
+``fmt`` (Markdown + PNG plots) and ``machine`` (what it ran on).
 """

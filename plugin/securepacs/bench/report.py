@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from securepacs.bench.configs import SPECS
-from securepacs.bench.runner import Cell, CellResult, Results, paired_ratios, stats
+from securepacs.bench import gateway_report
+from securepacs.bench.fmt import Target, fmt_stats, mb, ratio_target, table
+from securepacs.bench.model import Cell, CellResult, Results, p95, paired_ratios
+from securepacs.bench.specs import SPECS
 
 SEED_PLAIN_S, SEED_TLS_S = 7.0, 9.0
 SEED_RATIO = SEED_TLS_S / SEED_PLAIN_S  # 1.29x
 CLIENT_RSS_TOLERANCE_MB = 25.0
-
-
-def _mb(kb: int | float) -> float:
-    return kb / 1024
-
-
-def _fmt_stats(values: list[float], fmt: str = "{:.2f}") -> str:
-    s = stats(values)
-    if s is None:
-        return "failed"
-    med, lo, hi = s
-    return f"{fmt.format(med)} ({fmt.format(lo)}–{fmt.format(hi)})"
 
 
 def main_dataset(results: Results) -> str:
@@ -39,15 +28,6 @@ def reference_cell(ds: str, key: str) -> Cell:
 
 # ---------------------------------------------------------------------------------------------- targets
 
-@dataclass
-class Target:
-    name: str
-    goal: str
-    measured: str
-    status: str
-    how: str
-
-
 def _own_ratio(results: Results, storescu: Cell, ours: Cell) -> str:
     """time storescu / our client's own timing (without Python start-up), round by round."""
     a, b = results.result(storescu), results.result(ours)
@@ -58,47 +38,40 @@ def _own_ratio(results: Results, storescu: Cell, ours: Cell) -> str:
     return f"; without Python start-up (client's own timing): {statistics.median(vals):.2f}×" if vals else ""
 
 
-def _ratio_target(name: str, how: str, values: list[float], limit: float, at_most: bool) -> Target:
-    goal = f"{'≤' if at_most else '≥'} {limit:.2f}×"
-    if not values:
-        return Target(name, goal, "not measured", "not measured", how)
-    med = statistics.median(values)
-    ok = med <= limit if at_most else med >= limit
-    status = "met" if ok else f"missed by {abs(med - limit):.2f}×"
-    return Target(name, goal, f"{med:.2f}× ({min(values):.2f}–{max(values):.2f})", status, how)
-
-
 def targets(results: Results) -> list[Target]:
     ds = main_dataset(results)
     d13 = Cell(ds, "d", "storescu", tls="1.3")
     out = [
-        _ratio_target("Default secure path vs plain bare (time)",
+        ratio_target("Default secure path vs plain bare (time)",
                       f"storescu TCP_NODELAY x1: (d) TLS 1.3 / (b) plain, {ds}",
                       paired_ratios(results, d13, Cell(ds, "b", "storescu")), 1.15, at_most=True),
-        _ratio_target("Full stack vs plugin disabled (time)",
-                      f"storescu TCP_NODELAY x1 TLS 1.3: (d) / (e), {ds}",
-                      paired_ratios(results, d13, Cell(ds, "e", "storescu", tls="1.3")), 1.10, at_most=True),
-        _ratio_target("Stock storescu (Nagle on): our stack vs stock Orthanc (speed-up)",
+        # The plugin's own cost: both without the gateway, Orthanc native TLS (f: plugin on, e: off). The
+        # gateway's cost is (d)/(f), in the gateway targets below; (d)/(e) is in the ratio table.
+        ratio_target("Plugin on vs plugin disabled (time)",
+                     f"storescu TCP_NODELAY x1 TLS 1.3: (f) / (e), both Orthanc native TLS without gateway, {ds}",
+                     paired_ratios(results, Cell(ds, "f", "storescu", tls="1.3"),
+                                   Cell(ds, "e", "storescu", tls="1.3")), 1.10, at_most=True),
+        ratio_target("Stock storescu (Nagle on): our stack vs stock Orthanc (speed-up)",
                       f"storescu without TCP_NODELAY x1: time (a) / time (d, TLS 1.3), {ds}",
                       paired_ratios(results, Cell(ds, "a", "storescu", nodelay=False),
                                     Cell(ds, "d", "storescu", tls="1.3", nodelay=False)), 4.0, at_most=False),
-        _ratio_target("Our client vs DCMTK storescu, one association (speed)",
+        ratio_target("Our client vs DCMTK storescu, one association (speed)",
                       f"on (d) TLS 1.3, both TCP_NODELAY: time storescu / time ours (wall clock incl. start-up), {ds}"
                       + _own_ratio(results, d13, Cell(ds, "d", "ours", tls="1.3")),
                       paired_ratios(results, d13, Cell(ds, "d", "ours", tls="1.3")), 0.7, at_most=False),
-        _ratio_target("Our client --parallel 4 vs DCMTK storescu one association (speed)",
+        ratio_target("Our client --parallel 4 vs DCMTK storescu one association (speed)",
                       f"on (d) TLS 1.3: time storescu x1 / time ours x4 (wall clock), {ds}"
                       + _own_ratio(results, d13, Cell(ds, "d", "ours", tls="1.3", parallel=4)),
                       paired_ratios(results, d13, Cell(ds, "d", "ours", tls="1.3", parallel=4)), 1.0,
                       at_most=False),
     ]
     hd, he = results.server_hwm_kb.get("d"), results.server_hwm_kb.get("e")
-    how = "VmHWM of Orthanc (d) minus (e), same data stored"
+    how = "VmHWM of Orthanc (d) minus (e), same data stored ((d)'s Orthanc also served (f)'s runs)"
     if hd and he:
-        delta = _mb(hd - he)
+        delta = mb(hd - he)
         status = "met" if delta <= 150 else f"missed by {delta - 150:.0f} MB"
         out.append(Target("Orthanc+plugin peak RSS vs bare", "≤ bare + 150 MB",
-                          f"{_mb(hd):.0f} MB vs {_mb(he):.0f} MB ({delta:+.0f} MB)", status, how))
+                          f"{mb(hd):.0f} MB vs {mb(he):.0f} MB ({delta:+.0f} MB)", status, how))
     else:
         out.append(Target("Orthanc+plugin peak RSS vs bare", "≤ bare + 150 MB", "not measured", "not measured", how))
     per_ds: dict[str, int] = {}
@@ -109,18 +82,18 @@ def targets(results: Results) -> list[Target]:
     how = "peak RSS of `securepacs client store` x1 per data set (largest − smallest)"
     if len(per_ds) >= 2:
         by_size = sorted(per_ds, key=lambda k: results.datasets[k][2])
-        spread = _mb(max(per_ds.values()) - min(per_ds.values()))
-        measured = ", ".join(f"{k} ({results.datasets[k][2] / 1e6:.0f} MB): {_mb(per_ds[k]):.0f} MB"
+        spread = mb(max(per_ds.values()) - min(per_ds.values()))
+        measured = ", ".join(f"{k} ({results.datasets[k][2] / 1e6:.0f} MB): {mb(per_ds[k]):.0f} MB"
                              for k in by_size)
         status = "met" if spread <= CLIENT_RSS_TOLERANCE_MB else f"missed by {spread - CLIENT_RSS_TOLERANCE_MB:.0f} MB"
         out.append(Target("Our client's peak RSS independent of study size",
                           f"spread ≤ {CLIENT_RSS_TOLERANCE_MB:.0f} MB", measured, status, how))
     else:
-        only = ", ".join(f"{k}: {_mb(v):.0f} MB" for k, v in per_ds.items()) or "no run"
+        only = ", ".join(f"{k}: {mb(v):.0f} MB" for k, v in per_ds.items()) or "no run"
         out.append(Target("Our client's peak RSS independent of study size",
                           f"spread ≤ {CLIENT_RSS_TOLERANCE_MB:.0f} MB",
                           f"{only} (one data set only)", "not measured (needs ≥ 2 data sets; full mode)", how))
-    return out
+    return out + gateway_report.targets(results, ds)
 
 
 # ---------------------------------------------------------------------------------------------- ratios
@@ -135,9 +108,9 @@ def ratio_rows(results: Results) -> list[tuple[str, str, list[float]]]:
              Cell(ds, "b", "storescu")),
             ("full/bare TLS: (d) / (c), storescu TLS1.3", Cell(ds, "d", "storescu", tls="1.3"),
              Cell(ds, "c", "storescu", tls="1.3")),
-            ("full/plugin off: (d) / (e), storescu TLS1.3", Cell(ds, "d", "storescu", tls="1.3"),
+            ("full (gateway+plugin) / neither: (d) / (e), storescu TLS1.3", Cell(ds, "d", "storescu", tls="1.3"),
              Cell(ds, "e", "storescu", tls="1.3")),
-            ("full/plugin off: (d) / (e), ours TLS1.3", Cell(ds, "d", "ours", tls="1.3"),
+            ("full (gateway+plugin) / neither: (d) / (e), ours TLS1.3", Cell(ds, "d", "ours", tls="1.3"),
              Cell(ds, "e", "ours", tls="1.3")),
             ("ours/DCMTK x1 on (d) TLS1.3", Cell(ds, "d", "ours", tls="1.3"), Cell(ds, "d", "storescu", tls="1.3")),
             ("ours x4 / DCMTK x1 on (d) TLS1.3", Cell(ds, "d", "ours", tls="1.3", parallel=4),
@@ -149,6 +122,7 @@ def ratio_rows(results: Results) -> list[tuple[str, str, list[float]]]:
              Cell(ds, "d", "storescu", tls="1.3")),
             ("stock (a) / full (d), storescu Nagle on", Cell(ds, "a", "storescu", nodelay=False),
              Cell(ds, "d", "storescu", tls="1.3", nodelay=False)),
+            *gateway_report.ratio_rows(ds),
         ]
         for name, num, den in pairs:
             values = paired_ratios(results, num, den)
@@ -165,7 +139,7 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"a": "#999999", "b": "#4c72b0", "c": "#55a868", "d": "#c44e52", "e": "#dd8452"}
+    colors = {"a": "#999999", "b": "#4c72b0", "c": "#55a868", "d": "#c44e52", "e": "#dd8452", "f": "#8172b3"}
     made: list[tuple[str, str]] = []
     for ds, (dataset, n_files, _size) in results.datasets.items():
         crs = [cr for cr in results.cells if cr.cell.dataset == ds and cr.ok_runs()]
@@ -197,32 +171,41 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
     if keys:
         ds = main_dataset(results)
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        ax1.bar(keys, [_mb(results.server_hwm_kb[k]) for k in keys], color=[colors[k] for k in keys])
+        ax1.bar(keys, [mb(results.server_hwm_kb[k]) for k in keys], color=[colors[k] for k in keys])
         ax1.set_ylabel("MB")
         ax1.set_title("Orthanc peak RSS (VmHWM)")
-        cpu = []
+        cpu, gw_cpu = [], []
         for k in keys:
             cr = results.result(reference_cell(ds, k))
-            cpu.append(statistics.median([r.server_cpu for r in cr.ok_runs()]) if cr and cr.ok_runs() else 0)
+            runs = cr.ok_runs() if cr else []
+            cpu.append(statistics.median([r.server_cpu for r in runs]) if runs else 0)
+            gw = [r.gateway_cpu for r in runs if r.gateway_cpu is not None]
+            gw_cpu.append(statistics.median(gw) if gw else 0)
         ax2.bar(keys, cpu, color=[colors[k] for k in keys])
+        if any(gw_cpu):
+            # Stacked on Orthanc's: the shipped path's server CPU is both processes together.
+            ax2.bar(keys, gw_cpu, bottom=cpu, color="#222222", label="gateway")
+            ax2.legend()
         ax2.set_ylabel("CPU seconds")
-        ax2.set_title(f"Orthanc CPU per run ({ds}, storescu x1)")
+        ax2.set_title(f"Server CPU per run ({ds}, storescu x1)")
         fig.tight_layout()
         fig.savefig(out / "server.png", dpi=110)
         plt.close(fig)
         made.append(("server.png", "Server memory and CPU"))
 
     if results.handshake_ms:
-        hs_keys = sorted({k for k, _ in results.handshake_ms})
-        fig, ax = plt.subplots(figsize=(6, 3.4))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         width = 0.38
-        for i, version in enumerate(("1.2", "1.3")):
-            vals = [statistics.median(results.handshake_ms.get((k, version), [0])) for k in hs_keys]
-            ax.bar([x + i * width for x in range(len(hs_keys))], vals, width, label=f"TLS {version}")
-        ax.set_xticks([x + width / 2 for x in range(len(hs_keys))], hs_keys)
-        ax.set_ylabel("ms (median)")
-        ax.set_title("Mutual TLS handshake (TCP connect + TLS)")
-        ax.legend()
+        for ax, figures, title in ((axes[0], results.handshake_ms, "Mutual TLS handshake (TCP connect + TLS)"),
+                                   (axes[1], results.association_ms, "Association set-up (until A-ASSOCIATE-AC)")):
+            hs_keys = sorted({k for k, _ in figures})
+            for i, version in enumerate(("1.2", "1.3")):
+                vals = [statistics.median(figures.get((k, version), [0])) for k in hs_keys]
+                ax.bar([x + i * width for x in range(len(hs_keys))], vals, width, label=f"TLS {version}")
+            ax.set_xticks([x + width / 2 for x in range(len(hs_keys))], hs_keys)
+            ax.set_ylabel("ms (median)")
+            ax.set_title(title, fontsize=10)
+            ax.legend()
         fig.tight_layout()
         fig.savefig(out / "handshake.png", dpi=110)
         plt.close(fig)
@@ -232,27 +215,24 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------- markdown
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
 def _cell_row(cr: CellResult, n_files: int, size: int) -> list[str]:
     c = cr.cell
     secs = cr.seconds()
     runs = cr.ok_runs()
     client = "ours" if c.client == "ours" else "storescu"
     nodelay = "on" if c.nodelay else "off (Nagle)"
-    ips = _fmt_stats([n_files / s for s in secs], "{:.1f}")
-    mbs = _fmt_stats([size / 1e6 / s for s in secs], "{:.1f}")
+    ips = fmt_stats([n_files / s for s in secs], "{:.1f}")
+    mbs = fmt_stats([size / 1e6 / s for s in secs], "{:.1f}")
     own = [r.client_seconds for r in runs if r.client_seconds]
+    gw_cpu = [r.gateway_cpu for r in runs if r.gateway_cpu is not None]
     return [
-        f"{c.config}", client, c.tls or "plain", str(c.parallel), nodelay, _fmt_stats(secs), ips, mbs,
-        _fmt_stats([r.server_cpu for r in runs]),
-        _fmt_stats([_mb(r.server_rss_peak_kb) for r in runs], "{:.0f}"),
-        _fmt_stats([_mb(r.client_rss_kb) for r in runs], "{:.0f}") if any(r.client_rss_kb for r in runs) else "–",
-        _fmt_stats(own) if own else "–",
+        f"{c.config}", client, c.tls or "plain", str(c.parallel), nodelay, fmt_stats(secs), ips, mbs,
+        fmt_stats([r.server_cpu for r in runs]),
+        fmt_stats([mb(r.server_rss_peak_kb) for r in runs], "{:.0f}"),
+        fmt_stats(gw_cpu) if gw_cpu else "–",
+        fmt_stats([mb(r.gateway_rss_peak_kb) for r in runs], "{:.0f}") if gw_cpu else "–",
+        fmt_stats([mb(r.client_rss_kb) for r in runs], "{:.0f}") if any(r.client_rss_kb for r in runs) else "–",
+        fmt_stats(own) if own else "–",
         f"{len(secs)}/{len(cr.runs)}",
     ]
 
@@ -262,11 +242,12 @@ def render(results: Results, plots: list[tuple[str, str]]) -> str:
     lines = [f"# SecurePACS ingest benchmark{' (quick mode)' if results.quick else ''}", ""]
     lines += [f"Started {results.started}; took {results.wall_seconds:.0f} s; {results.rounds} interleaved rounds "
               "per cell.", "", "## Machine", ""]
-    lines += _table(["", ""], [[k, v] for k, v in results.machine.items()])
+    lines += table(["", ""], [[k, v] for k, v in results.machine.items()])
     lines += ["", "## Configurations", "",
               f"Reference cell per configuration: storescu with TCP_NODELAY, one association, TLS 1.3 where TLS, "
               f"data set `{ds_main}`. Peak RSS is Orthanc's VmHWM over its whole life (fresh process per "
-              "configuration, all configurations stored the same data).", ""]
+              "configuration, all configurations stored the same data; (d) and (f) are one Orthanc process, "
+              "so they share idle and peak RSS). Server CPU is Orthanc's; the gateway's is in its own column.", ""]
     n_main, size_main = results.datasets[ds_main][1], results.datasets[ds_main][2]
     rows = []
     for key, spec in SPECS.items():
@@ -277,20 +258,22 @@ def render(results: Results, plots: list[tuple[str, str]]) -> str:
         cpu = [r.server_cpu for r in cr.ok_runs()] if cr else []
         hs = [f"{statistics.median(results.handshake_ms[(key, v)]):.1f}"
               if (key, v) in results.handshake_ms else "–" for v in ("1.2", "1.3")]
-        rows.append([key, spec.name, spec.description, _fmt_stats(secs),
-                     _fmt_stats([n_main / s for s in secs], "{:.1f}"),
-                     _fmt_stats([size_main / 1e6 / s for s in secs], "{:.1f}"), _fmt_stats(cpu),
-                     f"{_mb(results.server_idle_rss_kb.get(key, 0)):.0f}",
-                     f"{_mb(results.server_hwm_kb.get(key, 0)):.0f}", " / ".join(hs)])
-    lines += _table(["Config", "Name", "What", "Seconds", "Instances/s", "MB/s", "Server CPU s/run",
-                     "Idle RSS MB", "Peak RSS MB", "Handshake ms TLS1.2 / 1.3"], rows)
+        gw_cpu = [r.gateway_cpu for r in cr.ok_runs() if r.gateway_cpu is not None] if cr else []
+        rows.append([key, spec.name, spec.description, fmt_stats(secs),
+                     fmt_stats([n_main / s for s in secs], "{:.1f}"),
+                     fmt_stats([size_main / 1e6 / s for s in secs], "{:.1f}"), fmt_stats(cpu),
+                     f"{mb(results.server_idle_rss_kb.get(key, 0)):.0f}",
+                     f"{mb(results.server_hwm_kb.get(key, 0)):.0f}", " / ".join(hs),
+                     fmt_stats(gw_cpu) if gw_cpu else "–"])
+    lines += table(["Config", "Name", "What", "Seconds", "Instances/s", "MB/s", "Server CPU s/run",
+                    "Idle RSS MB", "Peak RSS MB", "Handshake ms TLS1.2 / 1.3", "Gateway CPU s/run"], rows)
 
     lines += ["", "## Data sets", ""]
-    lines += _table(["Key", "What", "Files", "MB"],
+    lines += table(["Key", "What", "Files", "MB"],
                     [[k, d.description, str(n), f"{size / 1e6:.1f}"] for k, (d, n, size) in results.datasets.items()])
 
     lines += ["", "## Targets", ""]
-    lines += _table(["Target", "Goal", "Measured (median, min–max)", "Status", "How"],
+    lines += table(["Target", "Goal", "Measured (median, min–max)", "Status", "How"],
                     [[t.name, t.goal, t.measured, t.status, t.how] for t in targets(results)])
 
     lines += ["", "## Seed experiment", "",
@@ -309,29 +292,39 @@ def render(results: Results, plots: list[tuple[str, str]]) -> str:
         values = paired_ratios(results, num, den)
         if not values or a is None or b is None:
             continue
-        seed_rows.append([label, _fmt_stats(b.seconds()), _fmt_stats(a.seconds()),
-                          _fmt_stats(values), f"{SEED_RATIO:.2f}×"])
-    lines += _table(["Comparison", "Plain s", "Mutual TLS s", "Ours (TLS/plain)", "Seed"], seed_rows or
+        seed_rows.append([label, fmt_stats(b.seconds()), fmt_stats(a.seconds()),
+                          fmt_stats(values), f"{SEED_RATIO:.2f}×"])
+    lines += table(["Comparison", "Plain s", "Mutual TLS s", "Ours (TLS/plain)", "Seed"], seed_rows or
                     [["not measured", "–", "–", "–", f"{SEED_RATIO:.2f}×"]])
 
+    lines += gateway_report.section(results, ds_main)
+
     lines += ["", "## Ratios (run by run, same round, then median)", ""]
-    lines += _table(["Data set", "Ratio of times", "Median (min–max)"],
-                    [[ds, name, _fmt_stats(v)] for ds, name, v in ratio_rows(results)])
+    lines += table(["Data set", "Ratio of times", "Median (min–max)"],
+                    [[ds, name, fmt_stats(v)] for ds, name, v in ratio_rows(results)])
 
     for ds, (dataset, n_files, size) in results.datasets.items():
         lines += ["", f"## Results: {ds} — {dataset.description}", ""]
-        lines += _table(["Config", "Client", "TLS", "Assoc", "Client TCP_NODELAY", "Seconds", "Instances/s", "MB/s",
-                         "Server CPU s", "Server RSS MB (sampled)", "Client peak RSS MB",
+        lines += table(["Config", "Client", "TLS", "Assoc", "Client TCP_NODELAY", "Seconds", "Instances/s", "MB/s",
+                        "Server CPU s", "Server RSS MB (sampled)", "Gateway CPU s", "Gateway RSS MB (sampled)",
+                        "Client peak RSS MB",
                          "Ours: own seconds", "OK runs"],
                         [_cell_row(cr, n_files, size) for cr in results.cells if cr.cell.dataset == ds])
 
     if results.handshake_ms:
-        lines += ["", "## TLS handshake", "",
+        lines += ["", "## TLS handshake and association set-up", "",
                   "TCP connect + full mutual-TLS handshake against the DICOM port (Python ssl client, client "
-                  "certificate, no session resumption), milliseconds:", ""]
-        lines += _table(["Config", "TLS", "Median (min–max)", "n"],
-                        [[k, v, _fmt_stats(ms, "{:.1f}"), str(len(ms))]
-                         for (k, v), ms in sorted(results.handshake_ms.items())])
+                  "certificate, no session resumption), and TCP connect + TLS + A-ASSOCIATE-RQ until the "
+                  "A-ASSOCIATE-AC arrives (Verification, then released), milliseconds; configurations measured "
+                  "in turn, one connection each per iteration:", ""]
+        hs_rows = []
+        for (k, v), ms in sorted(results.handshake_ms.items()):
+            assoc = results.association_ms.get((k, v), [])
+            hs_rows.append([k, v, fmt_stats(ms, "{:.1f}"), f"{p95(ms):.1f}",
+                            fmt_stats(assoc, "{:.1f}") if assoc else "–",
+                            f"{p95(assoc):.1f}" if assoc else "–", f"{len(ms)} / {len(assoc)}"])
+        lines += table(["Config", "TLS", "Handshake median (min–max)", "Handshake p95",
+                        "Association median (min–max)", "Association p95", "n"], hs_rows)
 
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({name})" for name, title in plots]
@@ -352,7 +345,17 @@ def render(results: Results, plots: list[tuple[str, str]]) -> str:
               "non-downgrading by default, which allows 1.2 and 1.3); it is pinned here with an "
               "OPENSSL_CONF file (MinProtocol = MaxProtocol) for the client process. Check: "
               f"{results.storescu_tls_note or 'not run'}.",
-              "- Configurations (a) and (b) are plain DICOM: only for comparison, never for patient data."]
+              "- Configurations (a) and (b) are plain DICOM: only for comparison, never for patient data.",
+              "- (d) is started like `securepacs serve` starts it (launcher.Archive with Orthanc and the gateway; "
+              "nginx is left out, nothing here uses HTTPS). (f) is not a second stack: it is (d)'s Orthanc "
+              "reached on its internal port, so (d)/(f) compares the same Orthanc process with and without the "
+              "gateway in front, round by round. Gateway CPU and RSS are those of the launcher's gateway "
+              "child (Archive.gateway), sampled like Orthanc's.",
+              "- (e) is (d)'s Orthanc configuration without the plugin and with Orthanc's native TLS on the "
+              "public side (server certificate, clinic CA), as before the gateway existed; (f)/(e) is the "
+              "plugin's cost, (d)/(e) the plugin's and the gateway's together.",
+              "- The machine has few cores and other work may run on it: single runs are noisy; the medians "
+              "of interleaved rounds and their min–max are what to read."]
     failures = [(cr.cell, e) for cr in results.cells for e in cr.errors]
     if failures:
         lines += ["", "## Failures", ""]

@@ -8,26 +8,28 @@ import sys
 import time
 from pathlib import Path
 
-from securepacs.bench.configs import SPECS
+from securepacs.bench.specs import SPECS
 from securepacs.commands.argtypes import positive_int
 
 EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from securepacs.bench.runner import DATASETS
+    from securepacs.bench.model import DATASETS
 
     p = subparsers.add_parser(
         "bench",
-        help="ingest benchmark: stock/bare/TLS/full-stack Orthanc, storescu vs our client",
+        help="ingest benchmark: stock/bare/TLS Orthanc, the full stack through the gateway and direct",
         description=(
-            "Start each configuration (a stock plain, b bare plain tuned, c bare native TLS, d full stack, "
-            "e full stack without plugin) on free loopback ports, send the same deterministic data with "
-            "DCMTK storescu and our client, and write report.md + PNG plots to --output."
+            "Start each configuration (a stock plain, b bare plain tuned, c bare native TLS, d full stack "
+            "through the gateway, e Orthanc native TLS without plugin, f d's Orthanc reached directly) on free "
+            "loopback ports, send the same deterministic data with DCMTK storescu and our client, measure "
+            "handshakes and the gateway's memory, and write report.md + PNG plots to --output."
         ),
     )
     p.add_argument("--quick", action="store_true",
-                   help="small data set, 2 rounds, a subset of cells (every configuration once); < 2 minutes")
+                   help="small data set, 2 rounds, a subset of cells (every configuration), 60 echo "
+                        "associations instead of 1,000; < 2 minutes")
     p.add_argument("--output", "-o", type=Path, default=Path("results"), metavar="DIR",
                    help="results folder (default ./results; a timestamped subfolder is NOT created)")
     p.add_argument("--rounds", type=positive_int, metavar="N",
@@ -35,9 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--datasets", nargs="+", choices=[k for k in DATASETS if k != "quick"], metavar="NAME",
                    help="full mode data sets: ct small large (default all)")
     p.add_argument("--configs", nargs="+", choices=list(SPECS), default=list(SPECS), metavar="KEY",
-                   help="configurations to run, a-e (default all)")
+                   help="configurations to run, a-f (default all; f starts d's processes)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
                    help="where data and Orthanc storage go (default a fresh dir under /dev/shm)")
+    p.add_argument("--echo-associations", type=positive_int, metavar="N",
+                   help="sequential echo associations through the gateway for its memory (default 1000, quick 60)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (data, logs) afterwards")
     p.set_defaults(func=run)
 
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     t0 = time.monotonic()
     options = runner.Options(quick=args.quick, rounds=args.rounds, datasets=args.datasets,
-                             configs=tuple(args.configs), workdir_parent=args.workdir, keep=args.keep)
+                             configs=tuple(args.configs), workdir_parent=args.workdir, keep=args.keep,
+                             echo_associations=args.echo_associations)
     try:
         results = runner.run(options, log=log)
     except Exception as exc:

@@ -13,15 +13,16 @@ from securepacs.pki import PkiError
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="run the archive (Orthanc + plugin + nginx) in the foreground until Ctrl-C",
+        help="run the archive (Orthanc + plugin, DICOM gateway, nginx) in the foreground until Ctrl-C",
         description="Creates the development PKI and the first admin on first start, writes the Orthanc and "
         "nginx configuration for the data dir, then runs both until Ctrl-C. Settings come from "
         "SECUREPACS_DATA, SECUREPACS_CERTS, SECUREPACS_DICOM_PORT, SECUREPACS_HTTPS_PORT, "
-        "SECUREPACS_HTTP_PORT (internal), SECUREPACS_AET and SECUREPACS_HOSTNAMES.",
+        "SECUREPACS_HTTP_PORT, SECUREPACS_INTERNAL_DICOM_PORT, SECUREPACS_EGRESS_PORT (internal), SECUREPACS_AET "
+        "and SECUREPACS_HOSTNAMES.",
     )
     p.add_argument("--prepare-only", action="store_true", help="write PKI, admin and configuration, then exit")
     p.add_argument(
-        "--only", choices=("orthanc", "nginx"), help="run one component (the compose stack runs them as two services)"
+        "--only", choices=launcher.COMPONENTS, help="run one component (the compose stack runs each as a service)"
     )
     p.set_defaults(func=run)
 
@@ -49,13 +50,13 @@ def check_health(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         s = settings.from_env()
-        prepared = deploy.prepare(s, with_nginx=args.only != "orthanc" and not args.prepare_only)
+        prepared = deploy.prepare(s, with_nginx=args.only in (None, "nginx") and not args.prepare_only)
         if args.prepare_only:
             print(f"prepared {s.data_dir} (configuration in {prepared.config_dir})")
             if prepared.admin_created:
                 print(f"admin credential written to {s.admin_credential_path} (mode 0600)")
             return 0
-        components = (args.only,) if args.only else ("orthanc", "nginx")
+        components = (args.only,) if args.only else launcher.COMPONENTS
         archive = launcher.Archive(prepared, components)
         health = archive.start()
     except (settings.SettingsError, deploy.DeployError, launcher.LaunchError, PkiError, OSError) as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from securepacs import settings as settings_mod
 from securepacs import user_admin
 from securepacs.commands.pki_cmd import EXIT_USAGE, guarded, open_store
-from securepacs.identity import ROLES
+from securepacs.identity import USER_ROLES
 from securepacs.store import Store
 from securepacs.user_admin import AccountError
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = ops.add_parser("add", help="create an account (the password is generated unless --password-file)",
                        allow_abbrev=False)
     p.add_argument("name", metavar="NAME", help="user name: letters, digits, '.', '_', '@', '-' (max 64)")
-    p.add_argument("--role", required=True, choices=ROLES, help="admin, physician, clinic-device or auditor")
+    p.add_argument("--role", required=True, choices=USER_ROLES, help="admin, physician, clinic-device or auditor")
     p.add_argument("--clinic", metavar="CLINIC", help="the clinic a physician or clinic-device acts for")
     _password_file_argument(p)
     p.set_defaults(func=_guarded(_add))

@@ -1,0 +1,159 @@
+"""The shipped stack and its two comparisons: d (through the gateway), f (d's Orthanc, direct), e (no plugin).
+
+d and f are one set of processes (``launcher.Archive`` with Orthanc and the gateway): f only points the
+client at Orthanc's internal port with the gateway's own certificate, so d/f compares the gateway with
+going direct on the very same Orthanc, run by run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from securepacs import deploy, launcher
+from securepacs.bench.common import BENCH_AET, HOSTNAMES, SERVER_AET, BenchError, BenchPki, free_port
+from securepacs.bench.server import Running, base_env, mkdir, spawn_orthanc, wait_rest
+from securepacs.bench.specs import SPECS
+from securepacs.settings import Settings
+from securepacs.store import Store
+
+_PLUGIN_KEYS = ("Plugins", "PythonScript", "SecurePACS", "PythonVerbose")
+
+
+def _settings(root: Path, bench_pki: BenchPki) -> Settings:
+    return Settings(data_dir=root / "data", certs_dir=bench_pki.certs_dir, dicom_port=free_port(),
+                    https_port=free_port(), http_port=free_port(), internal_dicom_port=free_port(),
+                    egress_port=free_port(), aet=SERVER_AET, hostnames=HOSTNAMES)
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The SECUREPACS_* variables that make ``settings.from_env()`` in a child return ``s``."""
+    env = {
+        "SECUREPACS_DATA": str(s.data_dir),
+        "SECUREPACS_CERTS": str(s.certs_dir),
+        "SECUREPACS_AET": s.aet,
+        "SECUREPACS_HOSTNAMES": ",".join(s.hostnames),
+        "SECUREPACS_DICOM_PORT": str(s.dicom_port),
+        "SECUREPACS_HTTPS_PORT": str(s.https_port),
+        "SECUREPACS_HTTP_PORT": str(s.http_port),
+        "SECUREPACS_INTERNAL_DICOM_PORT": str(s.internal_dicom_port),
+        "SECUREPACS_EGRESS_PORT": str(s.egress_port),
+    }
+    if s.nginx_dir_override:
+        env["SECUREPACS_NGINX_DIR"] = str(s.nginx_dir_override)
+    if s.session_idle_seconds:
+        env["SECUREPACS_SESSION_IDLE_SECONDS"] = str(s.session_idle_seconds)
+    return env
+
+
+@contextlib.contextmanager
+def _exported(env: dict[str, str]) -> Iterator[None]:
+    """The launcher's gateway reads its settings from the environment it inherits from us (as under
+    ``securepacs serve``), so the bench's settings are exported while the launcher starts it."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _redirect_stdio(path: Path) -> Iterator[None]:
+    """The launcher's children inherit our stdout/stderr: point fds 1/2 at the log while they start."""
+    with path.open("ab") as log:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _admin_auth(settings: Settings) -> tuple[str, str]:
+    text = settings.admin_credential_path.read_text()
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    return fields["username"], fields["password"]
+
+
+def _wait_modality(run: Running, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if any(m.get("AET") == BENCH_AET for m in run.rest("/modalities?expand").values()):
+                return
+        time.sleep(0.3)
+    raise BenchError(f"the full stack never registered the bench AE {BENCH_AET}:\n{run.log_tail()}")
+
+
+def start_gateway_stack(workdir: Path, bench_pki: BenchPki) -> tuple[Running, Running]:
+    """d and f: Orthanc + plugin + gateway as ``securepacs serve`` runs them (nginx left out: no HTTPS here)."""
+    settings = _settings(mkdir(workdir / "d"), bench_pki)
+    prepared = deploy.prepare(settings, with_nginx=False)
+    store = Store(settings.store_path)
+    try:
+        bench_pki.ensure_client(store)
+    finally:
+        store.close()
+    archive = launcher.Archive(prepared, components=("orthanc", "gateway"))
+    log_path = workdir / "orthanc-d.log"
+    with _redirect_stdio(log_path), _exported(settings_env(settings)):
+        archive.start()
+    if archive.orthanc is None or archive.gateway is None:
+        archive.stop()
+        raise BenchError("the launcher did not start Orthanc and the gateway")
+    auth = _admin_auth(settings)
+    d = Running(SPECS["d"], settings.dicom_port, settings.http_port, archive.orthanc, log_path,
+                creds=bench_pki.clinic, auth=auth, archive=archive, gateway=archive.gateway)
+    f = Running(SPECS["f"], settings.internal_dicom_port, settings.http_port, archive.orthanc, log_path,
+                creds=bench_pki.internal_gateway, auth=auth, owner=False)
+    try:
+        _wait_modality(d)
+    except BaseException:
+        d.stop()
+        raise
+    return d, f
+
+
+def start_plugin_off(workdir: Path, bench_pki: BenchPki) -> Running:
+    """e: the shipped configuration merged into one file, without the plugin, and with Orthanc's native TLS
+    on the public side again (server certificate, clinic CA) so the bench clinic connects as it did before
+    the gateway: Orthanc native TLS, no plugin, no gateway."""
+    spec = SPECS["e"]
+    root = mkdir(workdir / "e")
+    settings = _settings(root, bench_pki)
+    prepared = deploy.prepare(settings, with_nginx=False)
+    merged: dict[str, Any] = {}
+    for path in sorted(prepared.config_dir.glob("*.json")):
+        merged.update(json.loads(path.read_text()))
+    for k in _PLUGIN_KEYS:
+        merged.pop(k, None)
+    merged.update({
+        "DicomPort": settings.dicom_port,
+        "DicomTlsCertificate": str(bench_pki.pki.server_cert_path),
+        "DicomTlsPrivateKey": str(bench_pki.pki.server_key_path),
+        "DicomTlsTrustedCertificates": str(bench_pki.ca),
+        "DicomModalities": {BENCH_AET: {"AET": BENCH_AET, "Host": "127.0.0.1", "Port": 104, "UseDicomTls": True}},
+    })
+    config_dir = mkdir(root / "config-noplugin")
+    config_path = config_dir / "orthanc.json"
+    config_path.write_text(json.dumps(merged, indent=2))
+    os.chmod(config_path, 0o644)
+    env = {**base_env(tcp_nodelay=False), **prepared.orthanc_env}
+    run = spawn_orthanc(spec, workdir, config_path, env, settings.dicom_port, settings.http_port,
+                        bench_pki.clinic, user=prepared.users.orthanc)
+    wait_rest(run, "/system")
+    return run

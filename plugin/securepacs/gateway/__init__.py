@@ -1,0 +1,12 @@
+"""The DICOM gateway: a mutual-TLS front door that binds certificates to AE titles before Orthanc sees a byte.
+
+``securepacs gateway`` runs it (``securepacs.commands.gateway_cmd``); ``run_gateway(config)`` is the entry
+point for launchers and ``Gateway`` for tests. Inspectors (C-GET checks) plug into the relay through
+``Inspector``/``Action``/``InspectorFactory``.
+"""
+
+from securepacs.gateway.config import GatewayConfig, GatewayError
+from securepacs.gateway.relay import Action, Inspector, InspectorFactory
+from securepacs.gateway.server import Gateway, run_gateway
+
+__all__ = ["Action", "Gateway", "GatewayConfig", "GatewayError", "Inspector", "InspectorFactory", "run_gateway"]

@@ -1,0 +1,80 @@
+"""The gateway's four TLS contexts: clinic-facing server, Orthanc-facing client, and the egress pair.
+
+Public side policy (issue 6): TLS 1.2 with ECDHE key exchange and AEAD ciphers only (AES-GCM, ChaCha20),
+or TLS 1.3 (all of whose suites are AEAD); TLS 1.0/1.1, RSA key transport, CBC and SHA-1 MACs refused.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from securepacs.gateway.config import GatewayError
+
+# OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are configured separately and are all AEAD).
+# "ECDHE+AESGCM" covers ECDHE-RSA and ECDHE-ECDSA with AES-128/256-GCM; likewise for ChaCha20-Poly1305.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, what: str) -> None:
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except FileNotFoundError as exc:
+        raise GatewayError(f"{what}: {exc.filename} does not exist") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise GatewayError(f"{what}: cannot load certificate {cert} with key {key}: {exc}") from None
+
+
+def _load_ca(ctx: ssl.SSLContext, ca: Path, what: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except FileNotFoundError:
+        raise GatewayError(f"{what}: CA file {ca} does not exist") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise GatewayError(f"{what}: cannot load CA file {ca}: {exc}") from None
+
+
+def _harden(ctx: ssl.SSLContext) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+
+
+def server_context(cert: Path, key: Path, ca: Path, what: str) -> ssl.SSLContext:
+    """A server context that requires a client certificate issued by ``ca``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(ctx)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _load_ca(ctx, ca, what)
+    _load_chain(ctx, cert, key, what)
+    return ctx
+
+
+def client_context(cert: Path, key: Path, ca: Path, what: str, *, check_hostname: bool) -> ssl.SSLContext:
+    """A client context presenting ``cert`` and verifying the server against ``ca``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(ctx)
+    ctx.check_hostname = check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    _load_ca(ctx, ca, what)
+    _load_chain(ctx, cert, key, what)
+    return ctx
+
+
+def peer_certificate(ssl_object: ssl.SSLObject | None) -> x509.Certificate | None:
+    """The verified peer certificate of an established TLS session (None if the peer sent none)."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def session_info(ssl_object: ssl.SSLObject | None) -> tuple[str | None, str | None]:
+    """(TLS version, cipher suite name) of an established session."""
+    if ssl_object is None:
+        return None, None
+    cipher = ssl_object.cipher()
+    return ssl_object.version(), cipher[0] if cipher else None

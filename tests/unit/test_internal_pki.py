@@ -1,0 +1,56 @@
+"""The internal CA for the gateway ↔ Orthanc hop."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from securepacs.internal_pki import InternalPki
+from securepacs.pki import Pki, load_cert, load_key
+
+
+def test_creates_ca_and_both_leaves_once(tmp_path: Path) -> None:
+    internal = InternalPki(tmp_path)
+    assert not internal.complete()
+    assert internal.ensure() is True
+    assert internal.complete()
+    before = {n: internal.cert_path(n).read_bytes() for n in ("orthanc", "gateway")}
+    assert internal.ensure() is False  # a second start keeps everything
+    assert before == {n: internal.cert_path(n).read_bytes() for n in ("orthanc", "gateway")}
+
+
+def test_leaves_are_rsa_server_and_client_certificates_of_the_internal_ca(tmp_path: Path) -> None:
+    internal = InternalPki(tmp_path)
+    internal.ensure()
+    ca = load_cert(internal.ca_cert_path)
+    for name in ("orthanc", "gateway"):
+        cert = load_cert(internal.cert_path(name))
+        assert cert.issuer == ca.subject
+        usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= usages
+        # Orthanc 1.10.1's TLS 1.2 suites are RSA-only.
+        assert isinstance(load_key(internal.key_path(name)), rsa.RSAPrivateKey)
+        assert stat.S_IMODE(internal.key_path(name).stat().st_mode) == 0o600
+
+
+def test_internal_ca_is_not_the_clinic_ca(tmp_path: Path) -> None:
+    public = Pki(tmp_path)
+    public.ensure_ca()
+    internal = InternalPki(tmp_path)
+    internal.ensure()
+    # Orthanc trusts only the internal CA: a clinic certificate (public CA) must not chain to it.
+    assert load_cert(internal.ca_cert_path).subject != load_cert(public.ca_cert_path).subject
+
+
+def test_a_leaf_from_another_ca_is_reissued(tmp_path: Path) -> None:
+    first = InternalPki(tmp_path)
+    first.ensure()
+    other = InternalPki(tmp_path / "other")
+    other.ensure()
+    first.cert_path("gateway").write_bytes(other.cert_path("gateway").read_bytes())
+    assert first.ensure() is True
+    assert load_cert(first.cert_path("gateway")).issuer == load_cert(first.ca_cert_path).subject
