@@ -123,7 +123,8 @@ class Archive:
                 report = self._start_orthanc()
             if "gateway" in self.components:
                 if "orthanc" not in self.components:
-                    wait_healthy(self._internal_health_url(), [])
+                    # Separate service: Orthanc (same network namespace) first; its report feeds the banner.
+                    report = wait_healthy(self._internal_health_url(), [])
                 self.gateway = self._spawn(_gateway_cmd())
                 wait_listening(self.p.settings.dicom_port, [p for p in (self.orthanc, self.gateway) if p])
             if "nginx" in self.components:

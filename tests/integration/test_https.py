@@ -352,7 +352,12 @@ def test_only_the_expected_ports_are_exposed(archive, clinic_a):
         owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
         if owners & pids:
             ports.add(int(line.split()[3].rsplit(":", 1)[1]))
-    assert ports == {archive.dicom_port, archive.https_port, archive.http_port}, out
+    # Besides DICOM (the gateway) and HTTPS: Orthanc's HTTP port (loopback only), the gateway's egress relay
+    # (loopback) and Orthanc's internal DICOM port, which Orthanc 1.10 cannot bind to loopback; it speaks
+    # TLS only and trusts only the internal CA (test_gateway checks a clinic certificate is refused there).
+    internal = int(archive.env["SECUREPACS_INTERNAL_DICOM_PORT"])
+    egress = int(archive.env["SECUREPACS_EGRESS_PORT"])
+    assert ports == {archive.dicom_port, archive.https_port, archive.http_port, internal, egress}, out
 
 
 # -- limits ----------------------------------------------------------------------------------------------
