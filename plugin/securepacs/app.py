@@ -30,7 +30,7 @@ from securepacs.modalities import ModalityApi, ModalitySync
 from securepacs.move import MoveRefused, MoveService
 from securepacs.plugin_config import PluginConfig
 from securepacs.policy import OWNERSHIP_URI, HttpPolicy
-from securepacs.store import Store
+from securepacs.store import Clinic, Store, StoreError
 from securepacs.stow import StowService
 from securepacs.studies import StudyList
 from securepacs.tenancy import Tenancy
@@ -160,7 +160,10 @@ class SecurePacsApp:
         except ValueError as exc:
             return Response.error(400, str(exc))
         clinic, level, keys = request.clinic, request.level, request.keys
-        known = next((c for c in self.store.list_clinics() if c.name == clinic), None)
+        try:
+            known: Clinic | None = self.store.get_clinic(clinic)
+        except StoreError:
+            known = None
         if known is None or not known.active:
             return Response.json({"allowed": False, "reason": "unknown or revoked clinic"})
         allowed, reason = retrieve_policy.decide(self.tenancy, retrieve_policy.clinic_principal(clinic), level, keys)

@@ -242,10 +242,15 @@ class Store:
             self._bump(db)
 
     def get_clinic(self, name: str) -> Clinic:
-        for c in self.list_clinics():
-            if c.name == name:
-                return c
-        raise StoreError(f"unknown clinic {name!r}")
+        # One clinic's rows only: this runs for every C-STORE (calling AE -> clinic), not just in admin tools.
+        with self._lock:
+            row = self._db.execute(
+                "SELECT name, created_at, revoked_at, move_host, move_port FROM clinics WHERE name = ?", (name,)
+            ).fetchone()
+            aets = self._db.execute("SELECT aet FROM clinic_aets WHERE clinic = ? ORDER BY aet", (name,)).fetchall()
+        if row is None:
+            raise StoreError(f"unknown clinic {name!r}")
+        return Clinic(row[0], tuple(a[0] for a in aets), row[1], row[2], row[3], row[4])
 
     def list_clinics(self) -> list[Clinic]:
         with self._lock:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import Clinic
+from test_rejections import associate_rq
 
 from securepacs import pki
 from securepacs.client import Connection, ConnectionFailed, DimseFailed, TlsConfig, echo, get, store
@@ -54,22 +55,6 @@ def tls_context(clinic: Clinic, version: ssl.TLSVersion | None = None) -> ssl.SS
     if version:
         ctx.minimum_version = ctx.maximum_version = version
     return ctx
-
-
-def aet_field(aet: str) -> bytes:
-    return aet.encode().ljust(16)
-
-
-def associate_rq(calling: str, called: str) -> bytes:
-    """A minimal, valid A-ASSOCIATE-RQ proposing Verification (PS3.8 9.3.2)."""
-    def item(kind: int, body: bytes) -> bytes:
-        return struct.pack(">BBH", kind, 0, len(body)) + body
-
-    app_context = item(0x10, b"1.2.840.10008.3.1.1.1")
-    pres = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
-    user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
-    body = struct.pack(">HH", 1, 0) + aet_field(called) + aet_field(calling) + bytes(32) + app_context + pres + user
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
 def read_pdu(sock: ssl.SSLSocket) -> bytes:

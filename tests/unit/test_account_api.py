@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from _accounts_env are parameters here)
 """The accounts REST API, called the way the plugin's route registration calls it: the URI is matched
 against ``routes()``, the request authenticated with ``Accounts.authenticate`` and the principal passed in."""
 
@@ -6,55 +7,20 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from securepacs import account_api, passwords, totp
-from securepacs.accounts import LOGIN_FAILED, Accounts, AccountSettings
+# The shared fixtures are imported by name; tests receive them as parameters of the same names.
+from _accounts_env import ADMIN_PW, PW, Clock, accounts, clock, fast_hash, store  # noqa: F401
+
+from securepacs import account_api, totp
+from securepacs.accounts import LOGIN_FAILED, Accounts
 from securepacs.identity import Principal
 from securepacs.store import Store
 from securepacs.web import Request, Response
 
-ADMIN_PW = "Admin-password-1234"
-PW = "Doctor-password-5678"
 JSON = {"content-type": "application/json"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def fast_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = passwords.hash_password
-    monkeypatch.setattr(passwords, "hash_password", lambda password: real(password, n=2**10))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "securepacs.db")
-    s.add_clinic("north", ["NORTH_CT"])
-    s.add_user("alice", passwords.hash_password(ADMIN_PW), "admin")
-    s.add_user("bob", passwords.hash_password(PW), "physician", "north")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def accounts(store: Store, clock: Clock) -> Accounts:
-    return Accounts(store, AccountSettings(), clock=clock)
 
 
 class Client:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from _accounts_env are parameters here)
 """Accounts: password policy, lockout, sessions (idle and absolute expiry, CSRF rule), login, password
 change and the TOTP second factor. Time is a fake clock; scrypt runs with a small cost."""
 
@@ -6,10 +7,12 @@ from __future__ import annotations
 import base64
 import logging
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The shared fixtures are imported by name; tests receive them as parameters of the same names.
+from _accounts_env import ADMIN_PW, PW, Clock, accounts, clock, fast_hash, store  # noqa: F401
 
 from securepacs import deploy, passwords, totp
 from securepacs.accounts import (
@@ -32,43 +35,7 @@ from securepacs.plugin_config import PluginConfig
 from securepacs.store import Store
 from securepacs.user_admin import WeakPassword
 
-PW = "Doctor-password-5678"
-ADMIN_PW = "Admin-password-1234"
 IP = "203.0.113.9"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(autouse=True)
-def fast_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = passwords.hash_password
-    monkeypatch.setattr(passwords, "hash_password", lambda password: real(password, n=2**10))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "securepacs.db")
-    s.add_clinic("north", ["NORTH_CT"])
-    s.add_user("alice", passwords.hash_password(ADMIN_PW), "admin")
-    s.add_user("bob", passwords.hash_password(PW), "physician", "north")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def accounts(store: Store, clock: Clock) -> Accounts:
-    return Accounts(store, AccountSettings(), clock=clock)
 
 
 def basic(username: str, password: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from securepacs import settings
-from securepacs.commands.argtypes import positive_int
+from securepacs.commands.argtypes import positive_int, positive_seconds, rate_per_second
 from securepacs.gateway import Gateway, GatewayConfig, GatewayError, InspectorFactory, run_gateway
 from securepacs.gateway.config import Address
 from securepacs.gateway.dimse import inspector_factory
@@ -36,26 +36,6 @@ def address(text: str) -> Address:
     if not 0 <= port <= 65535 or (":" in host and not text.startswith("[")):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, [IPv6]:PORT or :PORT (port 0-65535)")
     return host, port
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return value
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate >= 0 (0 disables the limit)")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,14 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-associations", type=positive_int, default=64, metavar="N")
     limits.add_argument("--max-per-clinic", type=positive_int, default=16, metavar="N")
-    limits.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+    limits.add_argument("--handshake-timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
                         help="TLS handshake plus A-ASSOCIATE-RQ (default 10)")
-    limits.add_argument("--idle-timeout", type=_seconds, default=600.0, metavar="SECONDS",
+    limits.add_argument("--idle-timeout", type=positive_seconds, default=600.0, metavar="SECONDS",
                         help="abort an association silent in both directions this long (default 600)")
-    limits.add_argument("--rate-per-ip", type=_rate, default=20.0, metavar="N",
+    limits.add_argument("--rate-per-ip", type=rate_per_second, default=20.0, metavar="N",
                         help="new connections per second per source IP, 0 for no limit (default 20)")
     limits.add_argument("--rate-burst", type=positive_int, default=40, metavar="N", help="(default 40)")
-    limits.add_argument("--shutdown-grace", type=_seconds, default=30.0, metavar="SECONDS",
+    limits.add_argument("--shutdown-grace", type=positive_seconds, default=30.0, metavar="SECONDS",
                         help="on SIGTERM, how long running associations may finish (default 30)")
     p.add_argument("--no-cget-check", dest="cget_check", action="store_false",
                    help="benchmarks only: relay C-GET requests unchecked (behind the gateway Orthanc allows "

@@ -428,22 +428,26 @@ class Gateway:
             refusal = check_ingress(peer, rq.calling_aet, rq.called_aet, self.config.aet, trust)
         return refusal
 
-    async def _connect_upstream(self, client: Endpoint, event: ConnectionEvent) -> Endpoint:
-        host, port = self.config.upstream
-        problem = ""
+    async def _dial(self, host: str, port: int, ctx: ssl.SSLContext) -> tuple[Endpoint | None, str]:
+        """TLS connection to the acceptor side (Orthanc or a clinic's SCP), or None and why not."""
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=self.upstream_tls, server_hostname=host, limit=READ_LIMIT)
+                    host, port, ssl=ctx, server_hostname=host, limit=READ_LIMIT)
         except (OSError, TimeoutError) as exc:
-            problem = str(_untraced(exc)) or "timed out"
-        if problem:  # refused outside the except clause: see _handshake
+            return None, str(_untraced(exc)) or "timed out"
+        _nodelay(writer.get_extra_info("socket"))
+        return Endpoint(reader, writer, "acceptor"), ""
+
+    async def _connect_upstream(self, client: Endpoint, event: ConnectionEvent) -> Endpoint:
+        host, port = self.config.upstream
+        upstream, problem = await self._dial(host, port, self.upstream_tls)
+        if upstream is None:  # refused outside the except clause: see _handshake
             log.error("gateway cannot reach Orthanc at %s:%d: %s", host, port, problem)
             event.outcome = FAILED
             await self._refuse(client, congestion_refusal("archive-unreachable").pdu())
             raise _Refused(f"archive-unreachable: {problem}")
-        _nodelay(writer.get_extra_info("socket"))
-        return Endpoint(reader, writer, "acceptor")
+        return upstream
 
     async def _run_relay(self, relay: Relay, clinic: str | None, serial: int | None, requestor: Endpoint,
                          acceptor: Endpoint, event: ConnectionEvent) -> None:
@@ -518,19 +522,12 @@ class Gateway:
                                    trust: TrustSnapshot) -> tuple[Endpoint, PeerIdentity]:
         host, port = str(clinic.move_host), int(clinic.move_port or 0)
         event.destination = f"{host}:{port}"
-        problem = ""
-        try:
-            async with asyncio.timeout(self.config.handshake_timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=self.destination_tls, server_hostname=host, limit=READ_LIMIT)
-        except (OSError, TimeoutError) as exc:
-            problem = str(_untraced(exc)) or "timed out"
-        if problem:  # refused outside the except clause: see _handshake
+        destination, problem = await self._dial(host, port, self.destination_tls)
+        if destination is None:  # refused outside the except clause: see _handshake
             event.outcome = FAILED
             await self._refuse(orthanc, congestion_refusal("destination-unreachable").pdu())
             raise _Refused(f"destination-unreachable: {problem}")
-        _nodelay(writer.get_extra_info("socket"))
-        destination = Endpoint(reader, writer, "acceptor")
+        writer = destination.writer
         try:
             cert = tls.peer_certificate(writer.get_extra_info("ssl_object"))
             peer = PeerIdentity.from_certificate(cert) if cert is not None else None
