@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ AnyHandler = Callable[[Request, Principal | None], Response]
 # Orthanc's HTTP port listens on loopback only (RemoteAccessAllowed false): every request to a plugin
 # route comes through nginx, whose client-address header the routes may therefore trust.
 PROXY_PEER = "127.0.0.1"
+AET_CACHE_SECONDS = 1.0
 
 
 class OrthancRest(Protocol):
@@ -76,6 +78,7 @@ class SecurePacsApp:
         self.stow = StowService(self.tenancy, rest)
         self.studies = StudyList(self.queries)
         self._orthanc_system = orthanc_system
+        self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
 
     def security_event(self, kind: str, details: Mapping[str, Any]) -> None:
         """A refused cross-tenant attempt. The audit trail (next issue) records the details; the
@@ -84,10 +87,20 @@ class SecurePacsApp:
 
     # -- DICOM -----------------------------------------------------------------------------------------
     def dicom_principal(self, calling_aet: str) -> Principal | None:
+        # Looked up once a second per AE title, not once per instance (a store query each, ~10 % of the
+        # filter's time). A revocation reaches new associations at the gateway at once and here within
+        # AET_CACHE_SECONDS.
+        now = time.monotonic()
+        hit = self._aet_cache.get(calling_aet)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         clinic = self.store.clinic_for_aet(calling_aet)
-        if clinic is None or not clinic.active:
-            return None
-        return Principal(calling_aet, CLINIC_DEVICE, clinic.name, via="dicom")
+        principal = (Principal(calling_aet, CLINIC_DEVICE, clinic.name, via="dicom")
+                     if clinic is not None and clinic.active else None)
+        if len(self._aet_cache) > 10_000:
+            self._aet_cache.clear()
+        self._aet_cache[calling_aet] = (principal, now + AET_CACHE_SECONDS)
+        return principal
 
     def on_cstore(self, data: bytes, calling_aet: str) -> int:
         principal = self.dicom_principal(calling_aet)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from securepacs import dicom_status
+from securepacs import dicom_header, dicom_status
 from securepacs.identity import Principal
 from securepacs.store import Store
 
@@ -66,7 +66,7 @@ class NotDicom(ValueError):
     """The bytes are not a DICOM instance with the identifiers an archive needs."""
 
 
-def read_ids(data: bytes) -> InstanceIds:
+def _parsed_ids(data: bytes) -> dict[str, str]:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_IDENT_TAGS, force=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, OSError) as exc:
@@ -76,7 +76,14 @@ def read_ids(data: bytes) -> InstanceIds:
         value = ds.get(keyword, "")
         return str(value).strip() if value is not None else ""
 
-    ids = InstanceIds(*(text(k) for k in _IDENT_TAGS))
+    return {k: text(k) for k in _IDENT_TAGS}
+
+
+def read_ids(data: bytes) -> InstanceIds:
+    found = dicom_header.identifiers(data)
+    if found is None:  # not the common, plain case: let pydicom decide
+        found = _parsed_ids(data)
+    ids = InstanceIds(*(found.get(k, "") for k in _IDENT_TAGS))
     for keyword, value in zip(_IDENT_TAGS[1:4], (ids.study_uid, ids.series_uid, ids.sop_uid), strict=True):
         if not value:
             raise NotDicom(f"the instance has no {keyword}")

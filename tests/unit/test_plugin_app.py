@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from test_plugin_modalities import FakeModalityApi
 
+import securepacs.app
 from securepacs import __version__, dicom_status, health, passwords
 from securepacs.app import SecurePacsApp
 from securepacs.identity import PHYSICIAN, Principal
@@ -272,6 +274,16 @@ def test_cstore_from_a_revoked_clinic_is_refused(app: SecurePacsApp) -> None:
     app.store.revoke_clinic("north")
     assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
     assert app.store.study_owner(SPEC.study_uid) is None
+
+
+def test_revocation_reaches_cstore_within_the_aet_cache_window(app: SecurePacsApp,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    app.store.add_clinic("north", ["NORTH_CT"])
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
+    app.store.revoke_clinic("north")
+    later = time.monotonic() + securepacs.app.AET_CACHE_SECONDS + 0.01
+    monkeypatch.setattr(securepacs.app.time, "monotonic", lambda: later)
+    assert app.on_cstore(dicom_bytes(SPEC, 1), "NORTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
 
 
 def test_cstore_admits_an_enrolled_clinics_instance(app: SecurePacsApp) -> None:
