@@ -21,7 +21,8 @@ done
 say() { printf '[install] %s\n' "$*"; }
 
 PACKAGES=(orthanc orthanc-python orthanc-dicomweb nginx python3 python3-venv ca-certificates openssl dcmtk)
-[ "$WITH_TESTS" = 1 ] && PACKAGES+=(procps)
+# rsyslog + its TLS driver: the real collector the audit forwarding test sends to.
+[ "$WITH_TESTS" = 1 ] && PACKAGES+=(procps rsyslog rsyslog-gnutls)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -116,7 +116,7 @@ class AccountApi:
         if token is None:
             raise AccountError("no session to end: expected a session token (Bearer or cookie); HTTP Basic "
                                "credentials have no session")
-        self._accounts.logout(token)
+        self._accounts.logout(token, req.client_ip)
         return Response.json({"logged_out": True}, headers={"Set-Cookie": _CLEAR_COOKIE})
 
     def me(self, req: Request, principal: Principal | None) -> Response:

@@ -58,6 +58,7 @@ PENDING_TOTP_SECONDS = 600
 NO_CREDENTIALS = "no valid credentials"
 LOGIN_FAILED = "login failed: wrong user name, password or code, or the account is locked or disabled"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
+AuthEvent = Callable[[str, str, str, bool, str], None]
 
 # A valid scrypt hash of a random string (same parameters as real hashes): unknown users cost the same
 # verification as real ones, so response timing does not reveal which user names exist.
@@ -148,8 +149,11 @@ def session_token(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
 
 class Accounts:
     def __init__(self, store: Store, settings: AccountSettings | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, on_event: AuthEvent | None = None):
         self._store = store
+        # (kind, username, client IP, success, reason) for the audit trail: kind is login, logout,
+        # lockout or basic (a failed HTTP Basic attempt).
+        self._on_event: AuthEvent = on_event or (lambda *_args: None)
         self.settings = settings or AccountSettings()
         self._clock = clock
         self._cache_key = secrets.token_bytes(32)
@@ -197,12 +201,14 @@ class Accounts:
         if user is None:
             passwords.verify_password(password, _DUMMY_HASH)
             log.warning("authentication failed for user %r from %r: no such user", username, client_ip)
+            self._on_event("basic", username, client_ip, False, "no such user")
             return AuthResult(None, NO_CREDENTIALS)
         if user.totp_secret is not None:
             passwords.verify_password(password, _DUMMY_HASH)  # same cost, and no password oracle for this user
             return AuthResult(None, f"user {username!r} has a second factor: HTTP Basic is not accepted, "
                                     "log in at /securepacs/login")
         if is_locked(user, now):
+            self._on_event("basic", username, client_ip, False, "account locked")
             return AuthResult(None, f"user {username!r} is locked after repeated failed logins")
         digest = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
         if not self._cached(digest, user, now):
@@ -280,9 +286,13 @@ class Accounts:
         s = self.settings
         count = self._store.record_login_failure(user.username, self._clock(), s.max_login_failures,
                                                  s.lockout_seconds)
+        kind = "basic" if via == "HTTP Basic" else "login"
+        self._on_event(kind, user.username, client_ip, False, f"wrong credentials via {via} ({count} in a row)")
         if count >= s.max_login_failures:
             log.warning("user %r locked for %d s after %d failed attempts (last via %s from %r)",
                         user.username, s.lockout_seconds, count, via, client_ip)
+            self._on_event("lockout", user.username, client_ip, False,
+                           f"locked for {s.lockout_seconds} s after {count} failed attempts")
         else:
             log.warning("authentication failed for user %r via %s from %r (failure %d of %d)",
                         user.username, via, client_ip, count, s.max_login_failures)
@@ -296,6 +306,7 @@ class Accounts:
         problem = self._account_problem(user)
         if problem:
             log.warning("login of user %r from %r refused: %s", user.username, client_ip, problem)
+            self._on_event("login", user.username, client_ip, False, problem)
             raise LoginFailed(LOGIN_FAILED)
         now = self._clock()
         if user.totp_secret is not None:
@@ -311,6 +322,7 @@ class Accounts:
         expires = now + self.settings.session_max_seconds
         self._store.create_session(token_hash(token), user.username, now, expires)
         log.info("user %r logged in from %r", user.username, client_ip)
+        self._on_event("login", user.username, client_ip, True, "")
         return LoginResult(token, user.username, expires, self.settings.session_idle_seconds)
 
     def _verified(self, username: str, password: str, client_ip: str, via: str) -> User:
@@ -319,21 +331,24 @@ class Accounts:
         if user is None:
             passwords.verify_password(password, _DUMMY_HASH)
             log.warning("%s failed for user %r from %r: no such user", via, username, client_ip)
+            self._on_event("login", username, client_ip, False, "no such user")
             raise LoginFailed(LOGIN_FAILED)
         if is_locked(user, self._clock()):
             log.warning("%s of user %r from %r refused: account locked", via, username, client_ip)
+            self._on_event("login", username, client_ip, False, "account locked")
             raise LoginFailed(LOGIN_FAILED)
         if not passwords.verify_password(password, user.password_hash):
             self._failure(user, client_ip, via)
             raise LoginFailed(LOGIN_FAILED)
         return user
 
-    def logout(self, token: str) -> None:
+    def logout(self, token: str, client_ip: str = "") -> None:
         digest = token_hash(token)
         session = self._store.get_session(digest)
         self._store.delete_session(digest)
         if session is not None:
             log.info("user %r logged out", session.username)
+            self._on_event("logout", session.username, client_ip, True, "")
 
     def session(self, token: str) -> Session | None:
         """The stored session for ``token`` (read only: no touch, no expiry handling)."""

@@ -25,6 +25,9 @@ from securepacs import (
     retrieve_policy,
 )
 from securepacs.accounts import Accounts, AccountSettings
+from securepacs.audit import AuditTrail, codes
+from securepacs.audit_api import AuditApi
+from securepacs.auditing import Auditor
 from securepacs.http_auth import HTTP_METHODS, HttpAuthenticator
 from securepacs.identity import CLINIC_DEVICE, GATEWAY, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
@@ -64,8 +67,13 @@ class SecurePacsApp:
         self.config = config
         self.store = Store(config.store_path)
         self.tenancy = Tenancy(self.store, rest, on_security_event=self.security_event)
+        trail = (AuditTrail(config.audit_trail, signing_key=config.audit_checkpoint_key,
+                            checkpoint_interval=config.audit_checkpoint_seconds) if config.audit_trail else None)
+        self.audit = Auditor(trail, config.archive_aet, study_of=self.tenancy.study_of,
+                             study_uid_of=lambda study_id: self.store.study_uids_of([study_id]).get(study_id))
+        self.audit_api = AuditApi(self.audit)
         self.policy = HttpPolicy(self.tenancy)
-        self.accounts = Accounts(self.store, AccountSettings.from_config(config))
+        self.accounts = Accounts(self.store, AccountSettings.from_config(config), on_event=self.audit.authentication)
         self.auth = HttpAuthenticator(
             self.accounts,
             self.policy.decide,
@@ -81,9 +89,10 @@ class SecurePacsApp:
         self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
 
     def security_event(self, kind: str, details: Mapping[str, Any]) -> None:
-        """A refused cross-tenant attempt. The audit trail (next issue) records the details; the
-        operational log gets only the kind and the actor, never identifiers of patient data."""
+        """A refused cross-tenant attempt. The audit trail records the details; the operational log gets
+        only the kind and the actor, never identifiers of patient data."""
         log.warning("security event %r by clinic %r", kind, details.get("clinic"))
+        self.audit.security_event(kind, details)
 
     # -- DICOM -----------------------------------------------------------------------------------------
     def dicom_principal(self, calling_aet: str) -> Principal | None:
@@ -106,24 +115,42 @@ class SecurePacsApp:
         principal = self.dicom_principal(calling_aet)
         if principal is None or principal.clinic is None:
             log.warning("C-STORE from %r refused: not an enrolled clinic", calling_aet)
+            self.audit.stored(calling_aet, None, None, dicom_status.REFUSED_NOT_AUTHORIZED, "not an enrolled clinic")
             return dicom_status.REFUSED_NOT_AUTHORIZED
-        return self.tenancy.admit(data, principal.clinic, f"dicom:{calling_aet}").status
+        admission = self.tenancy.admit(data, principal.clinic, f"dicom:{calling_aet}")
+        # Recorded before Orthanc stores and acknowledges the instance (the trail's write() is done when
+        # this returns; see securepacs.audit for what a crash can and cannot lose).
+        self.audit.stored(calling_aet, principal.clinic, admission.ids, admission.status, admission.reason)
+        return admission.status
 
     def on_find(self, items: list[tuple[int, int, str]], calling_aet: str, _called_aet: str) -> Iterable[bytes]:
         principal = self.dicom_principal(calling_aet)
-        if principal is None:
-            raise PermissionError(f"C-FIND from {calling_aet!r} refused: not an enrolled clinic")
+        peer = self.audit.dicom_peer(calling_aet, principal.clinic if principal else None)
         level, identifier = dicom_query.parse_find_query(items)
+        query = dicom_query.encode_answer(identifier)
+        patient_id = str(identifier.get("PatientID", "") or "")
+        if principal is None:
+            self.audit.queried(peer, dicom_query.find_sop_class(level), query, 0, level=level, patient_id=patient_id,
+                               outcome=codes.OUTCOME_SERIOUS_FAILURE)
+            raise PermissionError(f"C-FIND from {calling_aet!r} refused: not an enrolled clinic")
         answers = self.queries.find(level, identifier, self.tenancy.scope(principal))
+        self.audit.queried(peer, dicom_query.find_sop_class(level), query, len(answers), level=level,
+                           patient_id=patient_id)
         log.info("C-FIND at %s level by %r: %d answer(s)", level, calling_aet, len(answers))
         return [dicom_query.encode_answer(ds) for ds in answers]
 
     def on_move(self, request: Mapping[str, str]) -> None:
+        caller = request.get("OriginatorAET") or ""
+        destination = self.audit.dicom_peer(request.get("TargetAET") or "", None)
+        studies = [uid for uid in (request.get("StudyInstanceUID") or "").split("\\") if uid.strip()]
         try:
             self.moves.move(request)
         except MoveRefused as exc:
             log.warning("C-MOVE refused: %s", exc)
+            self.audit.retrieved(destination, studies, via=f"C-MOVE by {caller}",
+                                 outcome=codes.OUTCOME_SERIOUS_FAILURE, description=str(exc))
             raise
+        self.audit.retrieved(destination, studies, via=f"C-MOVE by {caller}")
 
     # -- HTTP ------------------------------------------------------------------------------------------
     def filter_http(
@@ -133,6 +160,8 @@ class SecurePacsApp:
         decision = self.auth.authorize(uri, method, peer_ip, headers, get or {})
         if not decision.allowed:
             log.info("HTTP %s %r from %r refused: %s", method, uri, decision.client_ip, decision.reason)
+        self.audit.http(decision.principal, method, uri, get or {}, decision.client_ip, decision.allowed,
+                        decision.reason)
         return decision.allowed
 
     def routes(self) -> list[tuple[str, Callable[[Request], Response]]]:
@@ -142,6 +171,7 @@ class SecurePacsApp:
             (r"/securepacs/dicom-web/(studies|series|instances)", "authenticated", self.dicomweb),
             (r"/securepacs/api/clinics", "admin", self.clinic_list),
             (OWNERSHIP_URI, "authenticated", self.ownership),
+            (r"/securepacs/api/audit", "authenticated", self.audit_api.handle),
         ]
         return [(pattern, self.bind(handler, access))
                 for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store)]]
@@ -182,6 +212,10 @@ class SecurePacsApp:
         allowed, reason = retrieve_policy.decide(self.tenancy, retrieve_policy.clinic_principal(clinic), level, keys)
         if not allowed:
             self.security_event("cross-tenant-read", {"clinic": clinic, "level": level, "reason": reason})
+        else:
+            # The gateway forwards the C-GET only after this answer: this is the retrieve's record.
+            peer = self.audit.dicom_peer(str(req.headers.get("x-securepacs-calling-aet", clinic)), clinic)
+            self.audit.retrieved(peer, keys.get("StudyInstanceUID", []), via=f"C-GET at {level} level")
         return Response.json({"allowed": allowed, "reason": reason})
 
     def clinic_list(self, req: Request, principal: Principal | None) -> Response:
@@ -242,10 +276,14 @@ class SecurePacsApp:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def on_started(self) -> None:
+        self.audit.application(started=True)
         self.modalities.sync()
         self.modalities.start(self.config.modality_sync_seconds)
         log.info("SecurePACS plugin %s ready", __version__)
 
     def on_stopped(self) -> None:
         self.modalities.stop()
+        self.audit.application(started=False)
+        if self.audit.trail is not None:
+            self.audit.trail.close()
         self.store.close()

@@ -8,10 +8,19 @@ import sys
 from collections.abc import Sequence
 
 from securepacs import __version__
-from securepacs.commands import bench_cmd, client_cmd, clinic_cmd, gateway_cmd, pki_cmd, serve_cmd, user_cmd
+from securepacs.commands import (
+    audit_cmd,
+    bench_cmd,
+    client_cmd,
+    clinic_cmd,
+    gateway_cmd,
+    pki_cmd,
+    serve_cmd,
+    user_cmd,
+)
 
 # Each command module exposes ``register(subparsers)``; its parser sets ``func(args) -> int``.
-COMMAND_MODULES = (serve_cmd, gateway_cmd, pki_cmd, clinic_cmd, user_cmd, client_cmd, bench_cmd)
+COMMAND_MODULES = (serve_cmd, gateway_cmd, pki_cmd, clinic_cmd, user_cmd, audit_cmd, client_cmd, bench_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

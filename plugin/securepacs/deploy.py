@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from securepacs import passwords, user_admin
+from securepacs.audit import create_checkpoint_key
 from securepacs.identity import GATEWAY
 from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
@@ -127,6 +128,17 @@ def ensure_admin(store: Store, credential_path: Path) -> bool:
     return True
 
 
+def ensure_audit_key(path: Path, owner: pwd.struct_passwd | None) -> bool:
+    """The Ed25519 key that signs the audit trail's checkpoints (the plugin signs, so the service user
+    reads it); its public half next to it is what ``securepacs audit verify`` checks against."""
+    if path.exists():
+        return False
+    _mkdir(path.parent, 0o755)
+    create_checkpoint_key(path)
+    _chown(path, owner)
+    return True
+
+
 def ensure_gateway_account(store: Store, credential_path: Path, owner: pwd.struct_passwd | None) -> bool:
     """The gateway's service account (role ``gateway``: may only ask the plugin who owns what).
 
@@ -171,6 +183,8 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
         },
         "SecurePACS": {
             "Store": str(s.store_path),
+            "AuditTrail": str(s.audit_trail_path),
+            "AuditCheckpointKey": str(s.audit_key_path),
             "TrustedProxies": ["127.0.0.1", "::1"],
             "ClientIpHeader": CLIENT_IP_HEADER,
             "MoveRelayPort": s.egress_port,
@@ -237,6 +251,9 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
         created = internal.ensure() or created
         if users.orthanc is not None:
             internal.hand_over(users.orthanc.pw_uid, users.orthanc.pw_gid)
+
+    _mkdir(s.audit_dir, 0o700, users.orthanc)
+    ensure_audit_key(s.audit_key_path, users.orthanc)
 
     store = Store(s.store_path)
     try:

@@ -161,6 +161,16 @@ def element_text(elem: DataElement) -> str:
     return _scalar_text(value)
 
 
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def find_sop_class(level: str) -> str:
+    """The C-FIND information model a query most likely used (the audit record's SOP Class UID): Orthanc does
+    not pass it to the plugin; PATIENT level exists only in Patient Root, anything else is named Study Root."""
+    return PATIENT_ROOT_FIND if level == "PATIENT" else STUDY_ROOT_FIND
+
+
 def parse_find_query(items: list[tuple[int, int, str]]) -> tuple[str, Dataset]:
     """``(level, identifier)`` from Orthanc's FindQuery items ``(group, element, value)``.
 

@@ -57,6 +57,30 @@ def _gateway_cmd() -> list[str]:
     return cmd
 
 
+FORWARD_ENV = ("SECUREPACS_AUDIT_SYSLOG_CA", "SECUREPACS_AUDIT_SYSLOG_CERT", "SECUREPACS_AUDIT_SYSLOG_KEY")
+
+
+def _forwarder_cmd(p: Prepared) -> list[str] | None:
+    """``securepacs audit forward`` when SECUREPACS_AUDIT_SYSLOG=host:port names a collector (RFC 5425, mutual
+    TLS with the files in SECUREPACS_AUDIT_SYSLOG_{CA,CERT,KEY}); None when no collector is configured."""
+    target = os.environ.get("SECUREPACS_AUDIT_SYSLOG", "").strip()
+    if not target:
+        return None
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise LaunchError(f"SECUREPACS_AUDIT_SYSLOG={target!r} is invalid: expected host:port of a syslog collector "
+                          "(TLS, RFC 5425)")
+    files = []
+    for name in FORWARD_ENV:
+        value = os.environ.get(name, "").strip()
+        if not value or not Path(value).is_file():
+            raise LaunchError(f"{name}={value!r} is invalid: expected the path of a PEM file (needed because "
+                              "SECUREPACS_AUDIT_SYSLOG is set)")
+        files.append(value)
+    return [sys.executable, "-m", "securepacs.cli", "audit", "forward", host.strip("[]"), port,
+            "--trail", str(p.settings.audit_trail_path), "--ca", files[0], "--cert", files[1], "--key", files[2]]
+
+
 def wait_listening(port: int, procs: list[subprocess.Popen], timeout: float = STARTUP_TIMEOUT) -> None:
     """Until something accepts TCP connections on 127.0.0.1:port (the gateway closes such probes quietly)."""
     deadline = time.monotonic() + timeout
@@ -115,12 +139,16 @@ class Archive:
         self.orthanc: subprocess.Popen | None = None
         self.gateway: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
+        self.forwarder: subprocess.Popen | None = None
 
     def start(self) -> dict:
         try:
             report: dict = {}
             if "orthanc" in self.components:
                 report = self._start_orthanc()
+                forward = _forwarder_cmd(self.p)
+                if forward:
+                    self.forwarder = self._spawn(forward)
             if "gateway" in self.components:
                 if "orthanc" not in self.components:
                     # Separate service: Orthanc (same network namespace) first; its report feeds the banner.
@@ -173,6 +201,10 @@ class Archive:
         if self.orthanc and self.orthanc.poll() is None:
             self.orthanc.send_signal(signal.SIGTERM)
             _wait(self.orthanc, timeout)
+        # Last: it forwards what the others wrote while stopping (the rest waits in the trail anyway).
+        if self.forwarder and self.forwarder.poll() is None:
+            self.forwarder.send_signal(signal.SIGTERM)
+            _wait(self.forwarder, timeout)
 
     def wait(self) -> int:
         """Block until Ctrl-C/SIGTERM or a child dies; stop everything; return an exit status."""
@@ -185,7 +217,7 @@ class Archive:
         old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not stopping:
-                for proc in (self.orthanc, self.gateway, self.nginx):
+                for proc in (self.orthanc, self.gateway, self.nginx, self.forwarder):
                     if proc is not None and proc.poll() is not None:
                         log.error("%s exited unexpectedly with status %s; stopping", proc.args[0], proc.returncode)
                         self.stop()

@@ -39,11 +39,19 @@ class PluginConfig:
     # The DICOM gateway's egress relay on loopback: C-MOVE sub-operations leave through it. None: no
     # gateway (Orthanc dials clinics itself, and C-GET stays off because nothing could check it).
     move_relay_port: int | None = None
+    # The audit trail (append-only, hash-chained) and the key that signs its checkpoints, kept outside
+    # the trail's directory. None: no trail (benchmarks measuring its cost only; parse() requires the key
+    # to be present, so it is never off by omission).
+    audit_trail: Path | None = None
+    audit_checkpoint_key: Path | None = None
+    audit_checkpoint_seconds: float = 60.0
+    archive_aet: str = "SECUREPACS"
 
 
 _KNOWN = {
     "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
     "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds", "MoveRelayPort",
+    "AuditTrail", "AuditCheckpointKey", "AuditCheckpointSeconds",
 }
 
 
@@ -125,7 +133,13 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
     if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 1 <= relay <= 65535):
         raise _fail("MoveRelayPort", relay, "a TCP port number 1-65535 (the gateway's egress relay)")
 
+    trail, key, every = _audit(section)
+    aet = orthanc_config.get("DicomAet", "ORTHANC")
     return PluginConfig(
+        audit_trail=trail,
+        audit_checkpoint_key=key,
+        audit_checkpoint_seconds=every,
+        archive_aet=aet if isinstance(aet, str) and aet else "ORTHANC",
         move_relay_port=relay,
         store_path=Path(store),
         trusted_proxies=tuple(proxies),
@@ -138,3 +152,23 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
         max_login_failures=failures,
         lockout_seconds=lockout,
     )
+
+
+def _audit(section: Mapping[str, Any]) -> tuple[Path | None, Path | None, float]:
+    if "AuditTrail" not in section:
+        raise _fail("AuditTrail", None, "an absolute path to the audit trail file (null only to measure "
+                    "the trail's cost: it is required so that it is never off by omission)")
+    trail = section["AuditTrail"]
+    if trail is not None and (not isinstance(trail, str) or not Path(trail).is_absolute()):
+        raise _fail("AuditTrail", trail, "an absolute path to the audit trail file, or null")
+    key = section.get("AuditCheckpointKey")
+    if key is not None:
+        if not isinstance(key, str) or not Path(key).is_absolute():
+            raise _fail("AuditCheckpointKey", key, "an absolute path to the Ed25519 checkpoint signing key")
+        if trail is not None and Path(key).parent == Path(trail).parent:
+            raise _fail("AuditCheckpointKey", key, "a key outside the trail's directory "
+                        f"({Path(trail).parent}): whoever can rewrite the trail must not be able to re-sign it")
+    every = section.get("AuditCheckpointSeconds", PluginConfig.audit_checkpoint_seconds)
+    if not isinstance(every, int | float) or isinstance(every, bool) or not 1 <= every <= 86400:
+        raise _fail("AuditCheckpointSeconds", every, "a number of seconds 1-86400")
+    return (Path(trail) if trail else None), (Path(key) if key else None), float(every)

@@ -2,7 +2,7 @@
 
 Deny by default. Admins reach everything (Orthanc Explorer, raw REST). Clinic roles reach only an
 allow-list of read endpoints, each checked against the tenant that owns the resource it names; auditors
-only their own account (the audit endpoints arrive with the audit trail). Orthanc's generic endpoints
+their own account and the audit trail (``/securepacs/api/audit``). Orthanc's generic endpoints
 (``/patients`` — a patient there merges every clinic's people sharing a Patient ID —, ``/tools``,
 ``/instances`` upload, ``/modalities``, ``/jobs``, Explorer, other plugins' routes) stay admin-only.
 """
@@ -40,6 +40,7 @@ _SELF_SERVICE = re.compile(r"/securepacs/(?:logout|api/me(?:/.*)?)")
 
 CLINIC_READERS = frozenset({PHYSICIAN, CLINIC_DEVICE})
 OWNERSHIP_URI = "/securepacs/internal/ownership"
+AUDIT_URI = "/securepacs/api/audit"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class HttpPolicy:
         if _SELF_SERVICE.fullmatch(uri):
             return Verdict(True, "own account")
         if principal.role == AUDITOR:
+            if method == "GET" and uri == AUDIT_URI:
+                return Verdict(True, "auditor reads the audit trail")
             return Verdict(False, "auditors reach only the audit trail")
         if principal.role not in CLINIC_READERS or principal.clinic is None:
             return Verdict(False, f"role {principal.role!r} has no HTTP access")

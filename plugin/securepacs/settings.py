@@ -94,6 +94,20 @@ class Settings:
     def gateway_credential_path(self) -> Path:
         return self.gateway_dir / "credential.txt"
 
+    @property
+    def audit_dir(self) -> Path:
+        """The audit trail's directory (service user, 0700): append-only, hash-chained JSON lines."""
+        return self.data_dir / "audit"
+
+    @property
+    def audit_trail_path(self) -> Path:
+        return self.audit_dir / "trail.jsonl"
+
+    @property
+    def audit_key_path(self) -> Path:
+        """The key that signs the trail's checkpoints: in the certs dir, never next to the trail."""
+        return self.certs_dir / "audit" / "checkpoint.key"
+
 
 def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
     """Build settings from ``SECUREPACS_*`` variables; relative paths are relative to ``cwd``."""

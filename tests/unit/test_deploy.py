@@ -294,3 +294,22 @@ def test_gateway_account_is_created_once_with_a_private_credential(tmp_path: Pat
         assert new != fields["password"] and passwords.verify_password(new, store.get_user("gateway").password_hash)
     finally:
         store.close()
+
+
+def test_the_audit_trail_is_configured_with_its_key_outside_the_trail(settings: Settings, pki: Pki,
+                                                                       tmp_path: Path) -> None:
+    cfg = deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")["SecurePACS"]
+    assert cfg["AuditTrail"] == str(settings.data_dir / "audit" / "trail.jsonl")
+    assert cfg["AuditCheckpointKey"] == str(settings.certs_dir / "audit" / "checkpoint.key")
+    base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
+    full = {**base, **deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")}
+    assert plugin_config.parse(full).audit_trail == settings.audit_trail_path
+
+
+def test_the_checkpoint_key_is_created_once_owner_only(tmp_path: Path) -> None:
+    key = tmp_path / "certs" / "audit" / "checkpoint.key"
+    assert deploy.ensure_audit_key(key, None) is True
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    first = key.read_bytes()
+    assert (key.parent / "checkpoint.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert deploy.ensure_audit_key(key, None) is False and key.read_bytes() == first  # never replaced

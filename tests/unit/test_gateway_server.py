@@ -669,3 +669,23 @@ def test_standalone_entry_point_offers_the_gateway_flags(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--listen" in out and "--no-cget-check" in out
+
+
+def test_a_refused_handshake_tells_the_client_why(world, gw, tmp_path):
+    """The TLS alert reaches the client (asyncio alone would drop it and just close)."""
+    other = Pki(tmp_path / "other-ca")
+    foreign = client_context(other.clinic("clinicA", ["CLINICA"]), world.pki.clinic_ca)
+    foreign.maximum_version = ssl.TLSVersion.TLSv1_2  # TLS 1.2: the alert ends the handshake itself
+    with pytest.raises(ssl.SSLError, match=r"(?i)alert unknown ca"):
+        _handshake(gw, foreign)
+    tls13 = client_context(other.clinic("clinicB", ["CLINICB"]), world.pki.clinic_ca)
+    tls13.minimum_version = ssl.TLSVersion.TLSv1_3
+    with pytest.raises(ssl.SSLError, match=r"(?i)alert unknown ca"), _handshake(gw, tls13) as tls:
+        tls.recv(6)  # TLS 1.3: the client learns it on its first read
+    old = client_context(world.clinics["clinicA"], world.pki.clinic_ca)
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    with pytest.warns(DeprecationWarning):
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError, match=r"(?i)alert protocol version"):
+        _handshake(gw, old)

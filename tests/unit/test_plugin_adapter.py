@@ -38,7 +38,7 @@ def valid_config(store: Path) -> dict[str, Any]:
     return {
         "DicomTlsEnabled": True,
         "DicomTlsRemoteCertificateRequired": True,
-        "SecurePACS": {"Store": str(store), "LogLevel": "WARNING"},
+        "SecurePACS": {"Store": str(store), "LogLevel": "WARNING", "AuditTrail": None},
     }
 
 

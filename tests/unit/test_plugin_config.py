@@ -10,6 +10,7 @@ import pytest
 from securepacs.plugin_config import ConfigError, PluginConfig, parse
 
 STORE = "/var/lib/securepacs/securepacs.db"
+TRAIL = "/var/lib/securepacs/audit/trail.jsonl"
 
 
 def config(section: dict[str, Any] | None = None, **orthanc: Any) -> dict[str, Any]:
@@ -17,7 +18,7 @@ def config(section: dict[str, Any] | None = None, **orthanc: Any) -> dict[str, A
     base: dict[str, Any] = {
         "DicomTlsEnabled": True,
         "DicomTlsRemoteCertificateRequired": True,
-        "SecurePACS": {"Store": STORE, **(section or {})},
+        "SecurePACS": {"Store": STORE, "AuditTrail": TRAIL, **(section or {})},
     }
     base.update(orthanc)
     return base
@@ -25,7 +26,7 @@ def config(section: dict[str, Any] | None = None, **orthanc: Any) -> dict[str, A
 
 def test_minimal_section_gets_defaults() -> None:
     cfg = parse(config())
-    assert cfg == PluginConfig(store_path=Path(STORE))
+    assert cfg == PluginConfig(store_path=Path(STORE), audit_trail=Path(TRAIL), archive_aet="ORTHANC")
     assert cfg.trusted_proxies == ("127.0.0.1", "::1")
     assert cfg.client_ip_header == "x-securepacs-client-ip"
     assert cfg.auth_cache_seconds == 60
@@ -191,3 +192,29 @@ def test_session_limits_are_checked_together() -> None:
     with pytest.raises(ConfigError, match=r"SecurePACS\.SessionMaxSeconds = 60 is invalid: expected at least "
                                           r"SessionIdleSeconds \(120\)"):
         parse(config({"SessionIdleSeconds": 120, "SessionMaxSeconds": 60}))
+
+
+def test_the_audit_trail_must_be_named() -> None:
+    section = config()
+    del section["SecurePACS"]["AuditTrail"]
+    with pytest.raises(ConfigError, match=r"SecurePACS.AuditTrail = None is invalid: expected an absolute path"):
+        parse(section)
+    assert parse(config({"AuditTrail": None})).audit_trail is None  # said out loud: benchmarks only
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("AuditTrail", "trail.jsonl", "an absolute path to the audit trail file"),
+    ("AuditCheckpointKey", "key.pem", "an absolute path to the Ed25519"),
+    ("AuditCheckpointKey", "/var/lib/securepacs/audit/checkpoint.key", "a key outside the trail's directory"),
+    ("AuditCheckpointSeconds", 0, "a number of seconds 1-86400"),
+])
+def test_audit_keys_are_checked(key: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigError, match=rf"SecurePACS.{key} = .* is invalid: expected {expected}"):
+        parse(config({key: value}))
+
+
+def test_audit_keys_are_read() -> None:
+    cfg = parse(config({"AuditCheckpointKey": "/etc/securepacs/audit/checkpoint.key",
+                        "AuditCheckpointSeconds": 5}, DicomAet="ARCHIVE"))
+    assert cfg.audit_checkpoint_key == Path("/etc/securepacs/audit/checkpoint.key")
+    assert (cfg.audit_checkpoint_seconds, cfg.archive_aet) == (5.0, "ARCHIVE")

@@ -1,6 +1,6 @@
 """Start the benchmark's configurations (see ``specs``), each fresh on free loopback ports.
 
-a, b and c are bare Orthanc processes started here; d, e and f are the shipped stack (``fullstack``).
+a, b and c are bare Orthanc processes started here; d-g are the shipped stack (``fullstack``).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def start_all(keys: Iterable[str], workdir: Path, bench_pki: BenchPki,
                     running["f"] = f
             elif key == "e":
                 running["e"] = fullstack.start_plugin_off(workdir, bench_pki)
+            elif key == "g":
+                running["g"] = fullstack.start_audit_off(workdir, bench_pki)
             else:
                 running[key] = start_bare(key, workdir, bench_pki)
             if on_started:

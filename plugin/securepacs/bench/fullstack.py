@@ -128,6 +128,55 @@ def start_gateway_stack(workdir: Path, bench_pki: BenchPki) -> tuple[Running, Ru
     return d, f
 
 
+def _merged_config(prepared: deploy.Prepared) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in sorted(prepared.config_dir.glob("*.json")):
+        merged.update(json.loads(path.read_text()))
+    return merged
+
+
+def _public_tls(merged: dict[str, Any], settings: Settings, bench_pki: BenchPki) -> None:
+    """Orthanc's native TLS on the public port again (server certificate, clinic CA), as before the gateway."""
+    merged.update({
+        "DicomPort": settings.dicom_port,
+        "DicomTlsCertificate": str(bench_pki.pki.server_cert_path),
+        "DicomTlsPrivateKey": str(bench_pki.pki.server_key_path),
+        "DicomTlsTrustedCertificates": str(bench_pki.ca),
+    })
+
+
+def _spawn_merged(key: str, root: Path, workdir: Path, merged: dict[str, Any], settings: Settings,
+                  prepared: deploy.Prepared, bench_pki: BenchPki) -> Running:
+    config_dir = mkdir(root / "config-merged")
+    config_path = config_dir / "orthanc.json"
+    config_path.write_text(json.dumps(merged, indent=2))
+    os.chmod(config_path, 0o644)
+    env = {**base_env(tcp_nodelay=False), **prepared.orthanc_env}
+    return spawn_orthanc(SPECS[key], workdir, config_path, env, settings.dicom_port, settings.http_port,
+                         bench_pki.clinic, user=prepared.users.orthanc)
+
+
+def start_audit_off(workdir: Path, bench_pki: BenchPki) -> Running:
+    """g: the shipped Orthanc + plugin on native TLS (like f, no gateway) with the audit trail off."""
+    root = mkdir(workdir / "g")
+    settings = _settings(root, bench_pki)
+    prepared = deploy.prepare(settings, with_nginx=False)
+    store = Store(settings.store_path)
+    try:
+        bench_pki.ensure_client(store)
+    finally:
+        store.close()
+    merged = _merged_config(prepared)
+    merged["SecurePACS"]["AuditTrail"] = None
+    merged["SecurePACS"].pop("AuditCheckpointKey", None)
+    _public_tls(merged, settings, bench_pki)
+    run = _spawn_merged("g", root, workdir, merged, settings, prepared, bench_pki)
+    run.auth = _admin_auth(settings)
+    wait_rest(run, "/system")
+    _wait_modality(run)
+    return run
+
+
 def start_plugin_off(workdir: Path, bench_pki: BenchPki) -> Running:
     """e: the shipped configuration merged into one file, without the plugin, and with Orthanc's native TLS
     on the public side again (server certificate, clinic CA) so the bench clinic connects as it did before
@@ -136,24 +185,11 @@ def start_plugin_off(workdir: Path, bench_pki: BenchPki) -> Running:
     root = mkdir(workdir / "e")
     settings = _settings(root, bench_pki)
     prepared = deploy.prepare(settings, with_nginx=False)
-    merged: dict[str, Any] = {}
-    for path in sorted(prepared.config_dir.glob("*.json")):
-        merged.update(json.loads(path.read_text()))
+    merged = _merged_config(prepared)
     for k in _PLUGIN_KEYS:
         merged.pop(k, None)
-    merged.update({
-        "DicomPort": settings.dicom_port,
-        "DicomTlsCertificate": str(bench_pki.pki.server_cert_path),
-        "DicomTlsPrivateKey": str(bench_pki.pki.server_key_path),
-        "DicomTlsTrustedCertificates": str(bench_pki.ca),
-        "DicomModalities": {BENCH_AET: {"AET": BENCH_AET, "Host": "127.0.0.1", "Port": 104, "UseDicomTls": True}},
-    })
-    config_dir = mkdir(root / "config-noplugin")
-    config_path = config_dir / "orthanc.json"
-    config_path.write_text(json.dumps(merged, indent=2))
-    os.chmod(config_path, 0o644)
-    env = {**base_env(tcp_nodelay=False), **prepared.orthanc_env}
-    run = spawn_orthanc(spec, workdir, config_path, env, settings.dicom_port, settings.http_port,
-                        bench_pki.clinic, user=prepared.users.orthanc)
+    _public_tls(merged, settings, bench_pki)
+    merged["DicomModalities"] = {BENCH_AET: {"AET": BENCH_AET, "Host": "127.0.0.1", "Port": 104, "UseDicomTls": True}}
+    run = _spawn_merged(spec.key, root, workdir, merged, settings, prepared, bench_pki)
     wait_rest(run, "/system")
     return run

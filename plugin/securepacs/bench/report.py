@@ -51,6 +51,10 @@ def targets(results: Results) -> list[Target]:
                      f"storescu TCP_NODELAY x1 TLS 1.3: (f) / (e), both Orthanc native TLS without gateway, {ds}",
                      paired_ratios(results, Cell(ds, "f", "storescu", tls="1.3"),
                                    Cell(ds, "e", "storescu", tls="1.3")), 1.10, at_most=True),
+        ratio_target("Audit trail on vs off (time)",
+                     f"storescu TCP_NODELAY x1 TLS 1.3: (f) / (g), plugin on, no gateway, trail on / off, {ds}",
+                     paired_ratios(results, Cell(ds, "f", "storescu", tls="1.3"),
+                                   Cell(ds, "g", "storescu", tls="1.3")), 1.05, at_most=True),
         ratio_target("Stock storescu (Nagle on): our stack vs stock Orthanc (speed-up)",
                       f"storescu without TCP_NODELAY x1: time (a) / time (d, TLS 1.3), {ds}",
                       paired_ratios(results, Cell(ds, "a", "storescu", nodelay=False),
@@ -139,7 +143,8 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"a": "#999999", "b": "#4c72b0", "c": "#55a868", "d": "#c44e52", "e": "#dd8452", "f": "#8172b3"}
+    colors = {"a": "#999999", "b": "#4c72b0", "c": "#55a868", "d": "#c44e52", "e": "#dd8452", "f": "#8172b3",
+              "g": "#937860"}
     made: list[tuple[str, str]] = []
     for ds, (dataset, n_files, _size) in results.datasets.items():
         crs = [cr for cr in results.cells if cr.cell.dataset == ds and cr.ok_runs()]

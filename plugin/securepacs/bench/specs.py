@@ -10,6 +10,8 @@ d  the full SecurePACS stack as shipped: clinics -> gateway (mutual TLS) -> Orth
 e  Orthanc native TLS, no plugin, no gateway: (d)'s configuration minus the plugin, clinic CA trusted
 f  (d)'s very Orthanc reached directly on its internal TLS port with the gateway's own client
    certificate: Orthanc native TLS with the plugin, no gateway. d/f is the gateway's cost.
+g  like f (Orthanc native TLS with the plugin, no gateway) but with the audit trail switched off
+   (``SecurePACS.AuditTrail: null``): f/g is what the audit trail costs.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ SPECS: dict[str, ConfigSpec] = {
         ConfigSpec("f", "full, no gateway", "(d)'s Orthanc + plugin (same process) reached directly on its "
                    "internal TLS port with the gateway's client certificate: Orthanc native TLS with the "
                    "plugin", tls=True, plugin=True),
+        ConfigSpec("g", "full, audit off", "Orthanc native TLS with the plugin, no gateway, audit trail off "
+                   "(SecurePACS.AuditTrail null; benchmarks only): (f) without the trail", tls=True, plugin=True),
     )
 }
 

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="ingest benchmark: stock/bare/TLS Orthanc, the full stack through the gateway and direct",
         description=(
             "Start each configuration (a stock plain, b bare plain tuned, c bare native TLS, d full stack "
-            "through the gateway, e Orthanc native TLS without plugin, f d's Orthanc reached directly) on free "
+            "through the gateway, e Orthanc native TLS without plugin, f d's Orthanc reached directly, g f without "
+            "the audit trail) on free "
             "loopback ports, send the same deterministic data with DCMTK storescu and our client, measure "
             "handshakes and the gateway's memory, and write report.md + PNG plots to --output."
         ),
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--datasets", nargs="+", choices=[k for k in DATASETS if k != "quick"], metavar="NAME",
                    help="full mode data sets: ct small large (default all)")
     p.add_argument("--configs", nargs="+", choices=list(SPECS), default=list(SPECS), metavar="KEY",
-                   help="configurations to run, a-f (default all; f starts d's processes)")
+                   help="configurations to run, a-g (default all; f starts d's processes)")
     p.add_argument("--workdir", type=Path, metavar="DIR",
                    help="where data and Orthanc storage go (default a fresh dir under /dev/shm)")
     p.add_argument("--echo-associations", type=positive_int, metavar="N",

@@ -8,6 +8,8 @@ import shlex
 
 from securepacs import clinics
 from securepacs import settings as settings_mod
+from securepacs.audit import codes
+from securepacs.commands.audit_cmd import record_change
 from securepacs.commands.pki_cmd import guarded, open_store
 from securepacs.pki import ClinicBundle, Pki
 from securepacs.settings import Settings
@@ -74,6 +76,8 @@ def _add(args: argparse.Namespace) -> int:
                                        reserved_aets=(settings.aet,))
     finally:
         store.close()
+    record_change(codes.SECURITY_CONFIGURATION, f"clinic enrolled with AE title(s) {', '.join(clinic.aets)}",
+                  f"clinic:{clinic.name}")
     print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
     _print_bundle(bundle, clinic.aets, settings)
     return 0
@@ -109,10 +113,10 @@ def _revoke(args: argparse.Namespace) -> int:
         serials = clinics.revoke(store, pki, args.name)
     finally:
         store.close()
+    record_change(codes.SECURITY_CONFIGURATION, f"clinic revoked (certificate serial(s) {', '.join(serials)})",
+                  f"clinic:{args.name}")
     print(f"Revoked clinic {args.name!r} (certificate serial(s): {', '.join(serials) or 'none'}).")
-    print(f"- Orthanc: the SecurePACS plugin unregisters AE title(s) {', '.join(aets)} within a few seconds; "
-          "associations from them are refused from then on.")
-    print(f"- CRL: written to {pki.crl_path}; the TLS gateway rejects the certificate once it is deployed.")
-    print("- Until then: Orthanc 1.10.1 cannot check CRLs, so a TLS handshake with this certificate still "
-          "succeeds; only the AE titles are refused.")
+    print(f"- CRL: written to {pki.crl_path}. The DICOM gateway reads it and the store every second: new "
+          "associations with this certificate are refused and live ones aborted within seconds, no restart.")
+    print(f"- Orthanc: the SecurePACS plugin unregisters AE title(s) {', '.join(aets)} within a few seconds.")
     return 0

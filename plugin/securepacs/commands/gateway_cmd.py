@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
 from securepacs import settings
+from securepacs.audit import AuditTrail
 from securepacs.commands.argtypes import positive_int, positive_seconds, rate_per_second
 from securepacs.gateway import Gateway, GatewayConfig, GatewayError, InspectorFactory, run_gateway
+from securepacs.gateway.audit import GatewayAudit
 from securepacs.gateway.config import Address
 from securepacs.gateway.dimse import inspector_factory
 from securepacs.gateway.events import EventLog
@@ -139,11 +142,19 @@ def cget_inspection(s: settings.Settings, events: EventLog) -> InspectorFactory:
     return inspector_factory(client.authorize, events.record)
 
 
+def open_audit(s: settings.Settings) -> GatewayAudit:
+    try:
+        trail = AuditTrail(s.audit_trail_path)
+    except OSError as exc:
+        raise GatewayError(f"cannot open the audit trail {s.audit_trail_path}: {exc.strerror or exc}") from None
+    return GatewayAudit(trail, s.aet, socket.gethostname())
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         s = settings.from_env()
         config = build_config(s, args)
-        events = EventLog(config.events_path)
+        events = EventLog(config.events_path, open_audit(s))
         factory = cget_inspection(s, events) if getattr(args, "cget_check", True) else None
     except (settings.SettingsError, GatewayError) as exc:
         print(f"securepacs: error: {exc}", file=sys.stderr)

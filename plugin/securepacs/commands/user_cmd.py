@@ -18,6 +18,8 @@ from pathlib import Path
 
 from securepacs import settings as settings_mod
 from securepacs import user_admin
+from securepacs.audit import codes
+from securepacs.commands.audit_cmd import record_change
 from securepacs.commands.pki_cmd import EXIT_USAGE, guarded, open_store
 from securepacs.identity import USER_ROLES
 from securepacs.store import Store
@@ -127,6 +129,8 @@ def _add(args: argparse.Namespace) -> int:
         created = user_admin.create_user(store, args.name, args.role, args.clinic, password, actor=_actor())
     finally:
         store.close()
+    record_change(codes.USER_SECURITY_ATTRIBUTES_CHANGED, f"user added with role {created.user.role}",
+                  f"user:{created.user.username}")
     clinic = f" for clinic {created.user.clinic!r}" if created.user.clinic else ""
     print(f"Created user {created.user.username!r} with role {created.user.role!r}{clinic}.")
     if created.generated_password:
@@ -169,6 +173,7 @@ def _simple(action: str, args: argparse.Namespace) -> int:
             done = "without a second factor now (its sessions have ended)"
     finally:
         store.close()
+    record_change(codes.USER_SECURITY_ATTRIBUTES_CHANGED, f"user {action}", f"user:{args.name}")
     print(f"User {args.name!r} is {done}.")
     return 0
 
@@ -180,6 +185,7 @@ def _reset_password(args: argparse.Namespace) -> int:
         generated = user_admin.reset_password(store, args.name, password, actor=_actor())
     finally:
         store.close()
+    record_change(codes.USER_SECURITY_ATTRIBUTES_CHANGED, "password reset", f"user:{args.name}")
     print(f"Password of {args.name!r} reset; its sessions have ended and any lockout is cleared.")
     if generated:
         _print_generated(args.name, generated)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from securepacs.gateway.audit import GatewayAudit
 from securepacs.gateway.config import GatewayError
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class ConnectionEvent:
 class EventLog:
     """Appends events to ``path`` (if given) and logs each one. Never raises: events must not stop traffic."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, audit: GatewayAudit | None = None):
         self.path = path
+        self.audit = audit  # the archive's audit trail: accepted associations and every refusal
         self._lock = threading.Lock()
         self._fh: Any = None
         self._inode: tuple[int, int] | None = None
@@ -107,11 +109,15 @@ class EventLog:
                 event.bytes_from_requestor, event.bytes_from_acceptor, event.duration_s,
                 f" end={event.end}" if event.end else "")
         self._append(data)
+        if self.audit is not None:
+            self.audit.connection(data)
 
     def record(self, kind: str, details: dict[str, Any]) -> None:
         """A security event that is not a connection (e.g. a refused C-GET from the inspector)."""
         log.info("gateway %s %s", kind, json.dumps(details, ensure_ascii=True, sort_keys=True))
         self._append({"kind": kind, "time": datetime.now(UTC).isoformat(timespec="milliseconds"), **details})
+        if self.audit is not None:
+            self.audit.security(kind, details)
 
     def _append(self, data: dict[str, Any]) -> None:
         if self.path is None:
@@ -126,6 +132,9 @@ class EventLog:
                 log.error("cannot write gateway event to %s: %s", self.path, exc.strerror or exc)
 
     def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
         if self._fh is not None:
             try:
                 self._fh.close()

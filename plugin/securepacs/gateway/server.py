@@ -136,6 +136,9 @@ class Gateway:
                  events: EventLog | None = None):
         self.config = config
         self.inspector_factory = inspector_factory
+        if not tls.send_alerts_on_failed_handshakes():
+            log.warning("this Python's asyncio is not the one the TLS alert fix was written for: refused "
+                        "handshakes end without an alert")
         c = config
         self.ingress_tls = tls.server_context(c.server_cert, c.server_key, c.clinic_ca, "gateway ingress")
         # The internal certificates name 127.0.0.1/localhost: check the name like any TLS client would.

@@ -6,8 +6,10 @@ or TLS 1.3 (all of whose suites are AEAD); TLS 1.0/1.1, RSA key transport, CBC a
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -78,3 +80,34 @@ def session_info(ssl_object: ssl.SSLObject | None) -> tuple[str | None, str | No
         return None, None
     cipher = ssl_object.cipher()
     return ssl_object.version(), cipher[0] if cipher else None
+
+
+def send_alerts_on_failed_handshakes() -> bool:
+    """Make asyncio send the TLS alert OpenSSL produced for a refused handshake before it closes.
+
+    Python 3.11's asyncio (``sslproto.SSLProtocol``) reports a failed handshake and force-closes the
+    transport without writing what OpenSSL left in the outgoing buffer: the alert ("unknown ca",
+    "certificate required", "protocol version"). Clinics' devices then see a bare close and cannot say
+    why they were refused. Writing that buffer first is all this adds. Returns False (and changes nothing)
+    on an asyncio whose internals differ from the ones this was written against.
+    """
+    from asyncio import sslproto
+
+    protocol = getattr(sslproto, "SSLProtocol", None)
+    original = getattr(protocol, "_on_handshake_complete", None)
+    if original is None or getattr(original, "_securepacs_sends_alerts", False):
+        return original is not None
+
+    def _on_handshake_complete(self: Any, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            outgoing, transport = getattr(self, "_outgoing", None), getattr(self, "_transport", None)
+            if outgoing is not None and transport is not None and not transport.is_closing():
+                with contextlib.suppress(Exception):  # best effort: the refusal stands either way
+                    alert = outgoing.read()
+                    if alert:
+                        transport.write(alert)
+        original(self, handshake_exc)
+
+    _on_handshake_complete._securepacs_sends_alerts = True  # type: ignore[attr-defined]
+    protocol._on_handshake_complete = _on_handshake_complete  # type: ignore[union-attr]
+    return True
