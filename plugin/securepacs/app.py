@@ -80,7 +80,7 @@ class SecurePacsApp:
             trusted_proxies=config.trusted_proxies,
             client_ip_header=config.client_ip_header,
         )
-        self.modalities = ModalitySync(self.store, modality_api, config.move_relay_port)
+        self.modalities = ModalitySync(self.store, modality_api, config.move_relay_port, config.dicom_tls)
         self.queries = dicom_query.QueryEngine(rest, study_uids=self.store.study_uids_of)
         self.moves = MoveService(self.store, self.tenancy, rest, on_security_event=self.security_event)
         self.stow = StowService(self.tenancy, rest)

@@ -189,8 +189,26 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
             "ClientIpHeader": CLIENT_IP_HEADER,
             "MoveRelayPort": s.egress_port,
             **({"SessionIdleSeconds": s.session_idle_seconds} if s.session_idle_seconds else {}),
+            **({"InternalHop": "plain"} if s.internal_hop == "plain" else {}),
         },
     }
+
+
+# SECUREPACS_INTERNAL_HOP=plain: Orthanc's DICOM port (and its C-MOVE associations to the gateway's egress
+# relay) without TLS. Orthanc 1.10.1 cannot bind that port to loopback, so it then also accepts TCP from
+# the network: only AE titles registered with host 127.0.0.1 (all of ours) may associate, checked by host.
+_PLAIN_HOP = {"DicomTlsEnabled": False, "DicomCheckModalityHost": True}
+
+
+def base_config_text(s: Settings) -> str:
+    """``orthanc/orthanc.json`` as shipped; with the plain internal hop, its DICOM TLS keys changed in place
+    (Orthanc refuses a key that two files of its configuration directory both define)."""
+    text = (ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8")
+    if s.internal_hop != "plain":
+        return text
+    base = json.loads(text)
+    base.update(_PLAIN_HOP)
+    return json.dumps(base, indent=2) + "\n"
 
 
 def render_nginx(s: Settings, pki: Pki, nginx_dir: Path, users: ServiceUsers) -> str:
@@ -264,8 +282,7 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
         store.close()
 
     config_dir = _mkdir(s.data_dir / "config", 0o750, users.orthanc)
-    _write(config_dir / "00-base.json", (ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"),
-           owner=users.orthanc)
+    _write(config_dir / "00-base.json", base_config_text(s), owner=users.orthanc)
     runtime = json.dumps(orthanc_runtime_config(s, pki, storage), indent=2) + "\n"
     _write(config_dir / "10-runtime.json", runtime, owner=users.orthanc)
 

@@ -31,7 +31,8 @@ class ModalityApi(Protocol):
     def delete(self, name: str) -> None: ...
 
 
-def desired_modalities(store: Store, relay_port: int | None = None) -> dict[str, dict[str, Any]]:
+def desired_modalities(store: Store, relay_port: int | None = None,
+                       use_tls: bool = True) -> dict[str, dict[str, Any]]:
     """With the gateway (``relay_port``), C-MOVE sub-operations go to its loopback egress relay, which
     dials the clinic's registered address with the clinic CA verified; and C-GET is allowed because the
     gateway checks every C-GET against the clinic's studies."""
@@ -61,7 +62,9 @@ def desired_modalities(store: Store, relay_port: int | None = None) -> dict[str,
                 "AllowEventReport": False,
                 "AllowNAction": False,
                 "AllowFindWorklist": False,
-                "UseDicomTls": True,
+                # Orthanc's C-MOVE associations go to the gateway's egress relay: TLS unless the gateway
+                # hop was configured plain (SecurePACS.InternalHop); the relay dials the clinic with TLS.
+                "UseDicomTls": use_tls,
             }
     return wanted
 
@@ -71,10 +74,11 @@ def _same(current: dict[str, Any], body: dict[str, Any]) -> bool:
 
 
 class ModalitySync:
-    def __init__(self, store: Store, api: ModalityApi, relay_port: int | None = None):
+    def __init__(self, store: Store, api: ModalityApi, relay_port: int | None = None, use_tls: bool = True):
         self._store = store
         self._api = api
         self._relay_port = relay_port
+        self._use_tls = use_tls
         self._generation = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,7 +90,7 @@ class ModalitySync:
         generation = self._store.generation()
         if generation == self._generation:
             return False
-        wanted = desired_modalities(self._store, self._relay_port)
+        wanted = desired_modalities(self._store, self._relay_port, self._use_tls)
         current = {k: v for k, v in self._api.list().items() if k.startswith(PREFIX)}
         for name in sorted(set(current) - set(wanted)):
             self._api.delete(name)

@@ -51,7 +51,7 @@ class PluginConfig:
 _KNOWN = {
     "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
     "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds", "MoveRelayPort",
-    "AuditTrail", "AuditCheckpointKey", "AuditCheckpointSeconds",
+    "AuditTrail", "AuditCheckpointKey", "AuditCheckpointSeconds", "InternalHop",
 }
 
 
@@ -117,21 +117,35 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
     failures = _int_in(section, "MaxLoginFailures", PluginConfig.max_login_failures, 1, 100, "count")
     lockout = _int_in(section, "LockoutSeconds", PluginConfig.lockout_seconds, 1, 86400, "number of seconds")
 
-    # The archive must never run with plain DICOM: refuse to start rather than serve unencrypted.
-    if orthanc_config.get("DicomTlsEnabled") is not True:
+    relay = section.get("MoveRelayPort")
+    if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 1 <= relay <= 65535):
+        raise _fail("MoveRelayPort", relay, "a TCP port number 1-65535 (the gateway's egress relay)")
+
+    hop = section.get("InternalHop", "tls")
+    if hop not in ("tls", "plain"):
+        raise _fail("InternalHop", hop, "\"tls\" (default) or \"plain\"")
+    if hop == "plain":
+        # Plain DICOM only behind the gateway (which terminates the clinics' TLS), and only from the
+        # registered hosts (127.0.0.1): never a plain DICOM service for clinics.
+        if relay is None:
+            raise _fail("InternalHop", hop, "\"tls\" unless the gateway is in front (MoveRelayPort is set)")
+        if orthanc_config.get("DicomCheckModalityHost") is not True:
+            raise ConfigError(
+                f"configuration DicomCheckModalityHost = {orthanc_config.get('DicomCheckModalityHost')!r} is "
+                "invalid: expected true with SecurePACS.InternalHop \"plain\" (only the gateway on 127.0.0.1 "
+                "may associate)")
+    elif orthanc_config.get("DicomTlsEnabled") is not True:
+        # The archive must never run with plain DICOM by accident: refuse to start rather than serve it.
         raise ConfigError(
             f"configuration DicomTlsEnabled = {orthanc_config.get('DicomTlsEnabled')!r} is invalid: "
-            "expected true (SecurePACS serves DICOM over mutual TLS only)"
+            "expected true (SecurePACS serves DICOM over mutual TLS only; a plain hop behind the gateway "
+            "needs SecurePACS.InternalHop \"plain\")"
         )
-    if orthanc_config.get("DicomTlsRemoteCertificateRequired", True) is not True:
+    if hop == "tls" and orthanc_config.get("DicomTlsRemoteCertificateRequired", True) is not True:
         raise ConfigError(
             "configuration DicomTlsRemoteCertificateRequired = "
             f"{orthanc_config.get('DicomTlsRemoteCertificateRequired')!r} is invalid: expected true"
         )
-
-    relay = section.get("MoveRelayPort")
-    if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 1 <= relay <= 65535):
-        raise _fail("MoveRelayPort", relay, "a TCP port number 1-65535 (the gateway's egress relay)")
 
     trail, key, every = _audit(section)
     aet = orthanc_config.get("DicomAet", "ORTHANC")
@@ -140,6 +154,7 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
         audit_checkpoint_key=key,
         audit_checkpoint_seconds=every,
         archive_aet=aet if isinstance(aet, str) and aet else "ORTHANC",
+        dicom_tls=hop == "tls",  # False: SecurePACS.InternalHop "plain" (gateway <-> Orthanc without TLS)
         move_relay_port=relay,
         store_path=Path(store),
         trusted_proxies=tuple(proxies),

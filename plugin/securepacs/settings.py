@@ -67,6 +67,9 @@ class Settings:
     hostnames: tuple[str, ...] = ("localhost",)
     nginx_dir_override: Path | None = None
     session_idle_seconds: int | None = None  # None: the plugin's default (15 minutes)
+    # The gateway <-> Orthanc hop: "tls" (default; Orthanc trusts only the internal CA) or "plain", an
+    # explicit choice for single-host installs that trades that hop's TLS for speed (see README).
+    internal_hop: str = "tls"
 
     @property
     def store_path(self) -> Path:
@@ -135,7 +138,18 @@ def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> S
         hostnames=tuple(dict.fromkeys(hosts)),
         nginx_dir_override=(cwd / env["SECUREPACS_NGINX_DIR"]).resolve() if env.get("SECUREPACS_NGINX_DIR") else None,
         session_idle_seconds=_idle_seconds(env),
+        internal_hop=_internal_hop(env),
     )
+
+
+INTERNAL_HOPS = ("tls", "plain")
+
+
+def _internal_hop(env: Mapping[str, str]) -> str:
+    raw = env.get("SECUREPACS_INTERNAL_HOP", "tls").strip().lower() or "tls"
+    if raw not in INTERNAL_HOPS:
+        raise SettingsError(f"SECUREPACS_INTERNAL_HOP={raw!r} is invalid: expected tls (default) or plain")
+    return raw
 
 
 def _idle_seconds(env: Mapping[str, str]) -> int | None:

@@ -313,3 +313,18 @@ def test_the_checkpoint_key_is_created_once_owner_only(tmp_path: Path) -> None:
     first = key.read_bytes()
     assert (key.parent / "checkpoint.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     assert deploy.ensure_audit_key(key, None) is False and key.read_bytes() == first  # never replaced
+
+
+def test_the_plain_internal_hop_is_explicit_and_checked_by_host(settings: Settings, pki: Pki,
+                                                                tmp_path: Path) -> None:
+    plain = dataclasses.replace(settings, internal_hop="plain")
+    base = json.loads(deploy.base_config_text(plain))
+    runtime = deploy.orthanc_runtime_config(plain, pki, tmp_path / "storage")
+    assert (base["DicomTlsEnabled"], base["DicomCheckModalityHost"]) == (False, True)
+    assert runtime["SecurePACS"]["InternalHop"] == "plain"
+    assert not set(base) & set(runtime)  # Orthanc refuses a key defined in two files of its config dir
+    config = plugin_config.parse({**base, **runtime})
+    assert config.dicom_tls is False
+    # The default stays TLS, byte for byte the shipped base configuration.
+    assert deploy.base_config_text(settings) == (deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8")
+    assert "InternalHop" not in deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")["SecurePACS"]

@@ -594,6 +594,26 @@ def test_egress_port_trusts_only_the_internal_ca(world, gw):
         echo(conn)
 
 
+def test_the_plain_internal_hop_relays_both_ways_without_tls_to_orthanc(world, study):
+    """SECUREPACS_INTERNAL_HOP=plain: clinics still need mutual TLS; only the hop to and from Orthanc is plain."""
+    plain_orthanc = TestSCP(ssl_context=None).start()
+    try:
+        gw = world.gateway(plain_orthanc.port, egress_listen=("127.0.0.1", 0), internal_tls=False)
+        summary = store(world.conn(gw), study[:2])
+        assert summary.ok and len(plain_orthanc.received) == 2
+        assert last_event(gw, direction="ingress", outcome="accepted")["tls_version"] in ("TLSv1.2", "TLSv1.3")
+        with pytest.raises(ConnectionFailed):  # the clinic side is never plain
+            echo(Connection("127.0.0.1", gw.port, calling_aet="CLINICA", called_aet=AET, acse_timeout=3))
+        # Orthanc's C-MOVE association arrives plain on the egress relay and leaves with TLS to the clinic.
+        world.scp_m.reset()
+        orthanc = Connection("127.0.0.1", gw.egress_port, calling_aet=AET, called_aet="CLINICM", acse_timeout=5,
+                             dimse_timeout=10)
+        assert store(orthanc, study[:1]).ok and len(world.scp_m.received) == 1
+        assert last_event(gw, direction="egress", outcome="accepted")["clinic"] == "clinicM"
+    finally:
+        plain_orthanc.stop()
+
+
 # -- the command ---------------------------------------------------------------------------------------------
 
 

@@ -218,3 +218,17 @@ def test_audit_keys_are_read() -> None:
                         "AuditCheckpointSeconds": 5}, DicomAet="ARCHIVE"))
     assert cfg.audit_checkpoint_key == Path("/etc/securepacs/audit/checkpoint.key")
     assert (cfg.audit_checkpoint_seconds, cfg.archive_aet) == (5.0, "ARCHIVE")
+
+
+def test_plain_dicom_only_as_the_explicit_hop_behind_the_gateway() -> None:
+    plain = config({"InternalHop": "plain", "MoveRelayPort": 2764}, DicomTlsEnabled=False,
+                   DicomCheckModalityHost=True)
+    assert parse(plain).dicom_tls is False
+    with pytest.raises(ConfigError, match=r"DicomTlsEnabled = False is invalid: expected true"):
+        parse(config(DicomTlsEnabled=False))  # never by accident
+    with pytest.raises(ConfigError, match=r"SecurePACS.InternalHop = 'plain' is invalid: expected \"tls\" unless"):
+        parse(config({"InternalHop": "plain"}, DicomTlsEnabled=False, DicomCheckModalityHost=True))
+    with pytest.raises(ConfigError, match=r"DicomCheckModalityHost = None is invalid: expected true"):
+        parse(config({"InternalHop": "plain", "MoveRelayPort": 2764}, DicomTlsEnabled=False))
+    with pytest.raises(ConfigError, match=r"SecurePACS.InternalHop = 'udp' is invalid"):
+        parse(config({"InternalHop": "udp"}))

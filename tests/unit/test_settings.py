@@ -148,3 +148,10 @@ def test_invalid_session_idle_seconds_names_the_variable(tmp_path: Path, value: 
     assert str(info.value) == (
         f"SECUREPACS_SESSION_IDLE_SECONDS={value!r} is invalid: expected whole seconds 1-43200"
     )
+
+
+def test_internal_hop_defaults_to_tls_and_names_a_bad_value(tmp_path: Path) -> None:
+    assert from_env({}, cwd=tmp_path).internal_hop == "tls"
+    assert from_env({"SECUREPACS_INTERNAL_HOP": "Plain"}, cwd=tmp_path).internal_hop == "plain"
+    with pytest.raises(SettingsError, match=r"SECUREPACS_INTERNAL_HOP='none' is invalid: expected tls"):
+        from_env({"SECUREPACS_INTERNAL_HOP": "none"}, cwd=tmp_path)

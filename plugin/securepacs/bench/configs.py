@@ -83,6 +83,8 @@ def start_all(keys: Iterable[str], workdir: Path, bench_pki: BenchPki,
                 running["e"] = fullstack.start_plugin_off(workdir, bench_pki)
             elif key == "g":
                 running["g"] = fullstack.start_audit_off(workdir, bench_pki)
+            elif key == "h":
+                running["h"], _ = fullstack.start_gateway_stack(workdir, bench_pki, "h")
             else:
                 running[key] = start_bare(key, workdir, bench_pki)
             if on_started:

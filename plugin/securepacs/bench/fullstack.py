@@ -8,6 +8,7 @@ going direct on the very same Orthanc, run by run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -99,9 +100,12 @@ def _wait_modality(run: Running, timeout: float = 30) -> None:
     raise BenchError(f"the full stack never registered the bench AE {BENCH_AET}:\n{run.log_tail()}")
 
 
-def start_gateway_stack(workdir: Path, bench_pki: BenchPki) -> tuple[Running, Running]:
-    """d and f: Orthanc + plugin + gateway as ``securepacs serve`` runs them (nginx left out: no HTTPS here)."""
-    settings = _settings(mkdir(workdir / "d"), bench_pki)
+def start_gateway_stack(workdir: Path, bench_pki: BenchPki, key: str = "d") -> tuple[Running, Running]:
+    """d and f: Orthanc + plugin + gateway as ``securepacs serve`` runs them (nginx left out: no HTTPS here).
+    With ``key`` "h" the same with the plain internal hop (its f-like view is then not used)."""
+    settings = _settings(mkdir(workdir / key), bench_pki)
+    if key == "h":
+        settings = dataclasses.replace(settings, internal_hop="plain")
     prepared = deploy.prepare(settings, with_nginx=False)
     store = Store(settings.store_path)
     try:
@@ -109,14 +113,17 @@ def start_gateway_stack(workdir: Path, bench_pki: BenchPki) -> tuple[Running, Ru
     finally:
         store.close()
     archive = launcher.Archive(prepared, components=("orthanc", "gateway"))
-    log_path = workdir / "orthanc-d.log"
-    with _redirect_stdio(log_path), _exported(settings_env(settings)):
+    log_path = workdir / f"orthanc-{key}.log"
+    env = settings_env(settings)
+    if key == "h":
+        env["SECUREPACS_INTERNAL_HOP"] = "plain"
+    with _redirect_stdio(log_path), _exported(env):
         archive.start()
     if archive.orthanc is None or archive.gateway is None:
         archive.stop()
         raise BenchError("the launcher did not start Orthanc and the gateway")
     auth = _admin_auth(settings)
-    d = Running(SPECS["d"], settings.dicom_port, settings.http_port, archive.orthanc, log_path,
+    d = Running(SPECS[key], settings.dicom_port, settings.http_port, archive.orthanc, log_path,
                 creds=bench_pki.clinic, auth=auth, archive=archive, gateway=archive.gateway)
     f = Running(SPECS["f"], settings.internal_dicom_port, settings.http_port, archive.orthanc, log_path,
                 creds=bench_pki.internal_gateway, auth=auth, owner=False)

@@ -51,6 +51,11 @@ def targets(results: Results, ds: str) -> list[Target]:
                      _throughput_ratios(results, Cell(ds, "d", "storescu", tls="1.3", nodelay=False),
                                         Cell(ds, "f", "storescu", tls="1.3", nodelay=False)), 1.0,
                      at_most=False, strict=True),
+        ratio_target("Gateway with the plain internal hop (h) vs Orthanc native TLS, TCP_NODELAY (throughput)",
+                     f"storescu TCP_NODELAY x1 TLS 1.3: time (f) / time (h); h = SECUREPACS_INTERNAL_HOP=plain, its "
+                     f"own Orthanc process, {ds}",
+                     _throughput_ratios(results, Cell(ds, "h", "storescu", tls="1.3"),
+                                        Cell(ds, "f", "storescu", tls="1.3")), 0.90, at_most=False),
     ]
     hs = []
     for version in ("1.3", "1.2"):

@@ -30,6 +30,7 @@ def _quick() -> list[Cell]:
         Cell(ds, "f", "storescu", tls="1.3", nodelay=False),
         Cell(ds, "f", "storescu", tls="1.3"),
         Cell(ds, "g", "storescu", tls="1.3"),
+        Cell(ds, "h", "storescu", tls="1.3"),
     ]
 
 
@@ -39,6 +40,9 @@ def _ct(key: str) -> list[Cell]:
         return [Cell(ds, key, "storescu"), Cell(ds, key, "storescu", nodelay=False)]
     if key == "g":  # only what the audit target compares with (f)
         return [Cell(ds, key, "storescu", tls="1.3"), Cell(ds, key, "ours", tls="1.3")]
+    if key == "h":  # the plain hop: what the gateway targets compare with (f)
+        return [Cell(ds, key, "storescu", tls="1.3"), Cell(ds, key, "storescu", tls="1.3", nodelay=False),
+                Cell(ds, key, "ours", tls="1.3"), Cell(ds, key, "ours", tls="1.3", parallel=4)]
     if not SPECS[key].tls:
         return [Cell(ds, key, "storescu"), Cell(ds, key, "storescu", nodelay=False),
                 Cell(ds, key, "storescu", parallel=4), Cell(ds, key, "ours"), Cell(ds, key, "ours", parallel=4)]

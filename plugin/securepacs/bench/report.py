@@ -144,7 +144,8 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     colors = {"a": "#999999", "b": "#4c72b0", "c": "#55a868", "d": "#c44e52", "e": "#dd8452", "f": "#8172b3",
-              "g": "#937860"}
+              "g": "#937860",
+              "h": "#da8bc3"}
     made: list[tuple[str, str]] = []
     for ds, (dataset, n_files, _size) in results.datasets.items():
         crs = [cr for cr in results.cells if cr.cell.dataset == ds and cr.ok_runs()]

@@ -12,6 +12,8 @@ f  (d)'s very Orthanc reached directly on its internal TLS port with the gateway
    certificate: Orthanc native TLS with the plugin, no gateway. d/f is the gateway's cost.
 g  like f (Orthanc native TLS with the plugin, no gateway) but with the audit trail switched off
    (``SecurePACS.AuditTrail: null``): f/g is what the audit trail costs.
+h  d with the explicit plain internal hop (``SECUREPACS_INTERNAL_HOP=plain``): clinics -> gateway (mutual
+   TLS) -> Orthanc + plugin over plain loopback DICOM. h/f against Orthanc's native TLS.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ SPECS: dict[str, ConfigSpec] = {
                    "plugin", tls=True, plugin=True),
         ConfigSpec("g", "full, audit off", "Orthanc native TLS with the plugin, no gateway, audit trail off "
                    "(SecurePACS.AuditTrail null; benchmarks only): (f) without the trail", tls=True, plugin=True),
+        ConfigSpec("h", "full stack, plain hop", "(d) with SECUREPACS_INTERNAL_HOP=plain: gateway (mutual TLS, "
+                   "clinic certificate) -> Orthanc + plugin over plain loopback DICOM", tls=True, plugin=True,
+                   gateway=True),
     )
 }
 

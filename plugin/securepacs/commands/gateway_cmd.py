@@ -108,6 +108,7 @@ def build_config(s: settings.Settings, args: argparse.Namespace) -> GatewayConfi
         rate_per_ip=getattr(args, "rate_per_ip", 20.0),
         rate_burst=getattr(args, "rate_burst", 40),
         shutdown_grace=getattr(args, "shutdown_grace", 30.0),
+        internal_tls=s.internal_hop == "tls",
     )
 
 

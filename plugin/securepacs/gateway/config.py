@@ -45,6 +45,8 @@ class GatewayConfig:
     max_rq: int = 256 * 1024  # largest A-ASSOCIATE-RQ body (~128 contexts with many transfer syntaxes fit)
     shutdown_grace: float = 30.0  # on SIGTERM, how long running associations may take to finish
     refresh_interval: float = 1.0  # how often the store generation and CRL file are re-checked
+    # The hop to and from Orthanc with TLS (default) or plain (SECUREPACS_INTERNAL_HOP=plain, single host).
+    internal_tls: bool = True
 
     def __post_init__(self) -> None:
         try:

@@ -142,12 +142,17 @@ class Gateway:
         c = config
         self.ingress_tls = tls.server_context(c.server_cert, c.server_key, c.clinic_ca, "gateway ingress")
         # The internal certificates name 127.0.0.1/localhost: check the name like any TLS client would.
-        self.upstream_tls = tls.client_context(c.internal_cert, c.internal_key, c.internal_ca,
-                                               "gateway to Orthanc", check_hostname=True)
+        # None: the plain internal hop (an explicit choice, SECUREPACS_INTERNAL_HOP=plain).
+        self.upstream_tls: ssl.SSLContext | None = None
         self.egress_tls: ssl.SSLContext | None = None
         self.destination_tls: ssl.SSLContext | None = None
+        if c.internal_tls:
+            self.upstream_tls = tls.client_context(c.internal_cert, c.internal_key, c.internal_ca,
+                                                   "gateway to Orthanc", check_hostname=True)
         if c.egress_listen is not None:
-            self.egress_tls = tls.server_context(c.internal_cert, c.internal_key, c.internal_ca, "gateway egress")
+            if c.internal_tls:
+                self.egress_tls = tls.server_context(c.internal_cert, c.internal_key, c.internal_ca,
+                                                     "gateway egress")
             # Clinic SCP certificates carry clinic URIs rather than host names: check_destination decides.
             self.destination_tls = tls.client_context(c.server_cert, c.server_key, c.clinic_ca,
                                                       "gateway to clinic SCPs", check_hostname=False)
@@ -431,12 +436,13 @@ class Gateway:
             refusal = check_ingress(peer, rq.calling_aet, rq.called_aet, self.config.aet, trust)
         return refusal
 
-    async def _dial(self, host: str, port: int, ctx: ssl.SSLContext) -> tuple[Endpoint | None, str]:
-        """TLS connection to the acceptor side (Orthanc or a clinic's SCP), or None and why not."""
+    async def _dial(self, host: str, port: int, ctx: ssl.SSLContext | None) -> tuple[Endpoint | None, str]:
+        """Connection to the acceptor side (Orthanc or a clinic's SCP; TLS unless ``ctx`` is None, which only
+        the plain internal hop to Orthanc uses), or None and why not."""
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=ctx, server_hostname=host, limit=READ_LIMIT)
+                    host, port, ssl=ctx, server_hostname=host if ctx is not None else None, limit=READ_LIMIT)
         except (OSError, TimeoutError) as exc:
             return None, str(_untraced(exc)) or "timed out"
         _nodelay(writer.get_extra_info("socket"))
@@ -488,13 +494,35 @@ class Gateway:
             self.events.emit(event)
 
     async def _egress_association(self, sock: socket.socket, event: ConnectionEvent) -> None:
-        assert self.egress_tls is not None
-        orthanc, _, rq_bytes, rq = await self._handshake(sock, self.egress_tls, event)
+        if self.egress_tls is None:  # plain internal hop: the relay listens on loopback for our Orthanc
+            orthanc, rq_bytes, rq = await self._plain_rq(sock, event)
+        else:
+            orthanc, _, rq_bytes, rq = await self._handshake(sock, self.egress_tls, event)
         try:
             await self._egress_admitted(orthanc, rq_bytes, rq, event)
         finally:
             if not orthanc.writer.transport.is_closing():
                 orthanc.writer.transport.abort()
+
+    async def _plain_rq(self, sock: socket.socket, event: ConnectionEvent) -> tuple[Endpoint, bytes, pdu.Associate]:
+        """The A-ASSOCIATE-RQ of a plain connection (Orthanc's C-MOVE on the plain internal hop)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_LIMIT)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        endpoint = Endpoint(reader, asyncio.StreamWriter(transport, protocol, reader, loop), "requestor")
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                rq_bytes, rq = await self._read_rq(endpoint)
+        except TimeoutError:
+            refused = _Refused("handshake-timeout", pdu.build_abort())
+        except _Refused as exc:
+            refused = exc
+        else:
+            event.calling_aet, event.called_aet = rq.calling_aet, rq.called_aet
+            return endpoint, rq_bytes, rq
+        await self._refuse(endpoint, refused.answer)  # outside the except clauses: see _handshake
+        raise refused
 
     async def _egress_admitted(self, orthanc: Endpoint, rq_bytes: bytes, rq: pdu.Associate,
                                event: ConnectionEvent) -> None:
