@@ -262,3 +262,14 @@ def test_durable_append_and_closed_trail(trail_path: Path) -> None:
     trail.close()
     with pytest.raises(ValueError, match="is closed"):
         trail.append(record())
+
+
+def test_the_spliced_line_is_the_canonical_encoding() -> None:
+    """make_entry encodes the body once; the result must equal the definitions byte for byte."""
+    from securepacs.audit.chain import encode_line, entry_hash, make_entry
+
+    body = {"z": [1, {"b": "é", "a": None}], "a": "x\\u2028y", "n": 1.5}
+    for kind, seq, prev in (("record", 1, "0" * 64), ("checkpoint", 123456, "ab" * 32)):
+        entry, line = make_entry(seq, prev, kind, body)
+        assert entry.hash == entry_hash(prev, seq, kind, body)
+        assert line == encode_line(seq, prev, entry.hash, kind, body)
