@@ -70,7 +70,7 @@ class SecurePacsApp:
         trail = (AuditTrail(config.audit_trail, signing_key=config.audit_checkpoint_key,
                             checkpoint_interval=config.audit_checkpoint_seconds) if config.audit_trail else None)
         self.audit = Auditor(trail, config.archive_aet, study_of=self.tenancy.study_of,
-                             study_uid_of=lambda study_id: self.store.study_uids_of([study_id]).get(study_id))
+                             study_uid_of=self.tenancy.study_uid_of)
         self.audit_api = AuditApi(self.audit)
         self.policy = HttpPolicy(self.tenancy)
         self.accounts = Accounts(self.store, AccountSettings.from_config(config), on_event=self.audit.authentication)

@@ -22,13 +22,13 @@ from typing import Any
 
 from securepacs.audit import ActiveParticipant, AuditRecord, AuditSource, AuditTrail, codes, events
 from securepacs.identity import Principal
-from securepacs.tenancy import InstanceIds
+from securepacs.tenancy import ORTHANC_ID_PATTERN, InstanceIds
 
 log = logging.getLogger(__name__)
 
 QIDO_RS = "QIDO-RS"  # the query object's ID for HTTP searches (no SOP class; the query text says which)
 
-_ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
+_ID = ORTHANC_ID_PATTERN
 _ORTHANC_RESOURCE = re.compile(rf"/(studies|series|instances|patients)/({_ID})(/.*)?")
 _DICOMWEB_STUDY = re.compile(r"/dicom-web/studies/([0-9.]{1,64})(?:/.*)?")
 _EXPORTS = re.compile(rf"/(?:studies|series|patients)/{_ID}/(?:archive|media)|/tools/create-(?:archive|media)"

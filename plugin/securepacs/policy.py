@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from securepacs.identity import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal
-from securepacs.tenancy import Tenancy
+from securepacs.tenancy import ORTHANC_ID_PATTERN, Tenancy
 
-_ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"  # an Orthanc resource ID
+_ID = ORTHANC_ID_PATTERN
 _UID = r"[0-9.]{1,64}"  # a DICOM UID
 
 # Orthanc REST resources a clinic role may read; the group is the Orthanc ID checked for ownership.

@@ -39,6 +39,10 @@ class OrthancIndex(Protocol):
     def lookup(self, level: str, uid: str) -> str | None: ...
 
 
+# An Orthanc resource ID as it appears in URIs (five dash-separated groups of 8 hex digits).
+ORTHANC_ID_PATTERN = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
+
+
 def orthanc_id(*parts: str) -> str:
     """Orthanc's resource ID: SHA-1 of the '|'-joined identifiers, as five dash-separated groups of 8."""
     digest = hashlib.sha1("|".join(parts).encode()).hexdigest()  # noqa: S324 (Orthanc's naming, not security)
@@ -125,6 +129,7 @@ class Tenancy:
         self._study_owner: _Lru = _Lru(50_000)  # study UID -> (clinic, orthanc study id)
         self._series_study: _Lru = _Lru(200_000)  # series UID -> study UID
         self._parent: _Lru = _Lru(200_000)  # orthanc series/instance id -> orthanc study id
+        self._study_uid: _Lru = _Lru(50_000)  # orthanc study id -> study UID (the audit trail names UIDs)
 
     # -- writes ------------------------------------------------------------------------------------------
     def admit(self, data: bytes, clinic: str, source: str) -> Admission:
@@ -157,6 +162,7 @@ class Tenancy:
                 log.info("study %r attributed to clinic %r", rec.orthanc_id, clinic)
             with self._lock:
                 self._study_owner.put(ids.study_uid, hit)
+                self._study_uid.put(rec.orthanc_id, ids.study_uid)
         return hit
 
     def _claim_series(self, ids: InstanceIds) -> str:
@@ -223,6 +229,18 @@ class Tenancy:
             with self._lock:
                 self._parent.put(orthanc_id, study)
         return study
+
+    def study_uid_of(self, study_id: str) -> str | None:
+        """The Study Instance UID of an owned Orthanc study (None if no clinic owns it). Cached: it never
+        changes, and the audit trail asks on every HTTP read of a study's data."""
+        with self._lock:
+            hit = self._study_uid.get(study_id)
+        if hit is None:
+            hit = self._store.study_uids_of([study_id]).get(study_id)
+            if hit is not None:
+                with self._lock:
+                    self._study_uid.put(study_id, hit)
+        return hit
 
     def owns_resource(self, principal: Principal, level: str, orthanc_id: str) -> bool:
         if principal.is_admin:

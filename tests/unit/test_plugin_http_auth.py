@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from _accounts_env are parameters here)
 """The HTTP filter's decision (``HttpAuthenticator``): anonymous allow-list, Basic credentials through
 ``Accounts``, the injected policy, and the client address behind the trusted proxy."""
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _accounts_env import Clock, clock  # noqa: F401 (the fake clock fixture)
 
 from securepacs import accounts as accounts_mod
 from securepacs import passwords
@@ -40,14 +42,6 @@ def admin_only(principal: Principal, method: str, uri: str, get: Mapping[str, st
     return principal.is_admin, "admin" if principal.is_admin else f"role {principal.role!r} refused {method} {uri}"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "securepacs.db")
@@ -56,11 +50,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.add_user("bob", fast_hash(DOCTOR_PW), "physician", "north")
     yield s
     s.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

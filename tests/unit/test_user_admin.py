@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _accounts_env import fast_hash  # noqa: F401 (autouse fixture: scrypt at a small cost)
 
 from securepacs import passwords, user_admin
 from securepacs.store import Store
@@ -14,12 +15,6 @@ from securepacs.user_admin import AccountError, UnknownUser, UserExists, WeakPas
 
 PW = "Doctor-password-5678"
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture(autouse=True)
-def fast_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = passwords.hash_password
-    monkeypatch.setattr(passwords, "hash_password", lambda password: real(password, n=2**10))
 
 
 @pytest.fixture

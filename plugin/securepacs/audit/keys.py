@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from securepacs.audit.files import write_atomically
 from securepacs.audit.record import canonical_json
 
 log = logging.getLogger(__name__)
@@ -54,24 +55,12 @@ def create_checkpoint_key(private_path: str | os.PathLike[str], *, overwrite: bo
     private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_atomically(private_path, pem, 0o600)
+    write_atomically(private_path, pem, 0o600)
     pub_path = public_key_path(private_path)
     pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomically(pub_path, pub_pem, 0o644)
+    write_atomically(pub_path, pub_pem, 0o644)
     log.info("created audit checkpoint key %s (key id %s)", private_path, key_id(key.public_key()))
     return pub_path
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)  # the umask may have narrowed or (for 0644) kept what we asked for
-    os.replace(tmp, path)
 
 
 def load_checkpoint_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

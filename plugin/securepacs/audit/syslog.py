@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from securepacs.audit.chain import GENESIS, LineError, TrailEntry, iter_raw_lines, parse_line
+from securepacs.audit.files import write_atomically
 from securepacs.audit.rfc5424 import FACILITY_AUTHPRIV, format_message, frame, local_hostname
 
 log = logging.getLogger(__name__)
@@ -62,20 +63,9 @@ class Cursor:
             raise ValueError(f"unreadable audit forwarding cursor {path}: {exc}") from exc
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         data = json.dumps({"hash": self.hash, "offset": self.offset, "seq": self.seq}, sort_keys=True).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must survive a power loss, or we resend (harmless) or worse
-        finally:
-            os.close(dir_fd)
+        # The rename itself must survive a power loss too, or we resend (harmless) or worse.
+        write_atomically(path, data, 0o640)
 
 
 def client_context(ca_file: str | os.PathLike[str], cert_file: str | os.PathLike[str],

@@ -26,6 +26,7 @@ from securepacs.audit.chain import (
     parse_line,
     read_last_line,
 )
+from securepacs.audit.files import fsync_dir
 from securepacs.audit.keys import load_checkpoint_private_key, sign_checkpoint
 from securepacs.audit.record import ActiveParticipant, AuditRecord, AuditSource, utc_now
 
@@ -37,14 +38,6 @@ TRAIL_FILE = "trail.jsonl"
 def default_trail_path(data_dir: str | os.PathLike[str]) -> Path:
     """``<data>/audit/trail.jsonl``."""
     return Path(data_dir) / "audit" / TRAIL_FILE
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditTrail:
@@ -86,7 +79,7 @@ class AuditTrail:
                 if created:
                     self._write([self._alert(codes.AUDIT_RECORDING_STARTED, "trail created")])
                     self._fsync()
-                    _fsync_dir(self.path.parent)  # or a power loss could take the new file's name with it
+                    fsync_dir(self.path.parent)  # or a power loss could take the new file's name with it
         except BaseException:
             os.close(self._fd)
             raise
@@ -225,7 +218,7 @@ class AuditTrail:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(side.parent)
+        fsync_dir(side.parent)
         os.ftruncate(self._fd, offset)
         os.fsync(self._fd)
         log.warning("audit trail %s: last line at byte %d was torn (%s); %d bytes moved to %s",

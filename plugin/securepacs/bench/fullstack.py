@@ -49,7 +49,21 @@ def settings_env(s: Settings) -> dict[str, str]:
         env["SECUREPACS_NGINX_DIR"] = str(s.nginx_dir_override)
     if s.session_idle_seconds:
         env["SECUREPACS_SESSION_IDLE_SECONDS"] = str(s.session_idle_seconds)
+    if s.internal_hop != "tls":
+        env["SECUREPACS_INTERNAL_HOP"] = s.internal_hop
     return env
+
+
+def _prepare_with_client(settings: Settings, bench_pki: BenchPki) -> deploy.Prepared:
+    """A shipped stack's files, with the bench clinic enrolled in its store (the plugin and the gateway
+    admit only enrolled clinics)."""
+    prepared = deploy.prepare(settings, with_nginx=False)
+    store = Store(settings.store_path)
+    try:
+        bench_pki.ensure_client(store)
+    finally:
+        store.close()
+    return prepared
 
 
 @contextlib.contextmanager
@@ -106,18 +120,10 @@ def start_gateway_stack(workdir: Path, bench_pki: BenchPki, key: str = "d") -> t
     settings = _settings(mkdir(workdir / key), bench_pki)
     if key == "h":
         settings = dataclasses.replace(settings, internal_hop="plain")
-    prepared = deploy.prepare(settings, with_nginx=False)
-    store = Store(settings.store_path)
-    try:
-        bench_pki.ensure_client(store)
-    finally:
-        store.close()
+    prepared = _prepare_with_client(settings, bench_pki)
     archive = launcher.Archive(prepared, components=("orthanc", "gateway"))
     log_path = workdir / f"orthanc-{key}.log"
-    env = settings_env(settings)
-    if key == "h":
-        env["SECUREPACS_INTERNAL_HOP"] = "plain"
-    with _redirect_stdio(log_path), _exported(env):
+    with _redirect_stdio(log_path), _exported(settings_env(settings)):
         archive.start()
     if archive.orthanc is None or archive.gateway is None:
         archive.stop()
@@ -167,12 +173,7 @@ def start_audit_off(workdir: Path, bench_pki: BenchPki) -> Running:
     """g: the shipped Orthanc + plugin on native TLS (like f, no gateway) with the audit trail off."""
     root = mkdir(workdir / "g")
     settings = _settings(root, bench_pki)
-    prepared = deploy.prepare(settings, with_nginx=False)
-    store = Store(settings.store_path)
-    try:
-        bench_pki.ensure_client(store)
-    finally:
-        store.close()
+    prepared = _prepare_with_client(settings, bench_pki)
     merged = _merged_config(prepared)
     merged["SecurePACS"]["AuditTrail"] = None
     merged["SecurePACS"].pop("AuditCheckpointKey", None)

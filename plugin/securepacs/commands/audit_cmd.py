@@ -35,7 +35,7 @@ from securepacs.audit import (
 from securepacs.audit.record import parse_time
 from securepacs.auditing import Auditor
 from securepacs.commands.argtypes import positive_int, tcp_port
-from securepacs.commands.pki_cmd import EXIT_USAGE
+from securepacs.commands.pki_cmd import EXIT_USAGE, guarded
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,21 @@ EXIT_TAMPERED = 1
 FORMATS = {"jsonl": "jsonl", "dicom-xml": "xml"}
 
 
-def actor() -> ActiveParticipant:
-    """The OS account that ran the command (from the uid, not $USER), and the one behind sudo."""
+def os_account() -> tuple[str, str | None]:
+    """Who ran a command: ``cli:<OS account>`` (no archive user is logged in) and the account behind sudo,
+    if any. From the process's uid rather than $USER, which the caller could set to anything."""
     try:
         name = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         name = str(os.getuid())
     sudo = os.environ.get("SUDO_USER")
-    return ActiveParticipant(f"cli:{name}", user_name=f"sudo by {sudo}" if sudo and sudo != name else None,
+    return f"cli:{name}", sudo if sudo and sudo != name else None
+
+
+def actor() -> ActiveParticipant:
+    """The command's user as the audit records name it."""
+    account, sudo = os_account()
+    return ActiveParticipant(account, user_name=f"sudo by {sudo}" if sudo else None,
                              network_access_point="localhost")
 
 
@@ -152,14 +159,7 @@ def _forward(args: argparse.Namespace) -> int:
 
 
 def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def func(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (TrailMissing, ValueError, OSError) as exc:
-            print(f"securepacs: error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return EXIT_USAGE
-
-    return func
+    return guarded(run, (TrailMissing, ValueError, OSError))
 
 
 def _time(text: str) -> str:

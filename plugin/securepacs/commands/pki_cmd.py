@@ -25,14 +25,17 @@ EXIT_USAGE = 2
 _ERRORS = (EnrolmentError, StoreError, PkiError, SettingsError)
 
 
-def guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report a refused operation as one ``securepacs: error: ...`` line and exit status 2."""
+def guarded(run: Callable[[argparse.Namespace], int],
+            extra: tuple[type[Exception], ...] = ()) -> Callable[[argparse.Namespace], int]:
+    """Report a refused operation (a store/PKI/settings error, or one of ``extra``) as one
+    ``securepacs: error: ...`` line and exit status 2."""
+    errors = _ERRORS + extra
 
     @functools.wraps(run)
     def func(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except _ERRORS as exc:
+        except errors as exc:
             message = " ".join(str(exc).split())  # one line, whatever the underlying message looks like
             print(f"securepacs: error: {message}", file=sys.stderr)
             return EXIT_USAGE

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import pwd
 import sys
 import time
 from collections.abc import Callable
@@ -19,36 +17,22 @@ from pathlib import Path
 from securepacs import settings as settings_mod
 from securepacs import user_admin
 from securepacs.audit import codes
-from securepacs.commands.audit_cmd import record_change
-from securepacs.commands.pki_cmd import EXIT_USAGE, guarded, open_store
+from securepacs.commands.audit_cmd import os_account, record_change
+from securepacs.commands.pki_cmd import guarded, open_store
 from securepacs.identity import USER_ROLES
 from securepacs.store import Store
 from securepacs.user_admin import AccountError
 
 
 def _actor() -> str:
-    """Who ran the command, for the log: no archive user is logged in, so the OS account (and the account
-    behind sudo). From the process's uid rather than $USER, which the caller could set to anything."""
-    try:
-        name = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        name = str(os.getuid())
-    sudo = os.environ.get("SUDO_USER")
-    return f"cli:{name}" + (f" (sudo by {sudo})" if sudo and sudo != name else "")
+    """Who ran the command, for the log."""
+    account, sudo = os_account()
+    return account + (f" (sudo by {sudo})" if sudo else "")
 
 
 def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Account refusals as one ``securepacs: error: ...`` line and exit status 2, like store/PKI errors."""
-
-    @functools.wraps(run)
-    def func(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except AccountError as exc:
-            print(f"securepacs: error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return EXIT_USAGE
-
-    return guarded(func)
+    return guarded(run, (AccountError,))
 
 
 class _RefusePasswordArgument(argparse.Action):
