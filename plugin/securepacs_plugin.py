@@ -8,6 +8,7 @@ app = SecurePacsApp(adapter.read_config(), adapter.RestApi(), adapter.RestModali
 adapter.register_http_filter(app.filter_http)
 adapter.register_json_get("/securepacs/health", app.health)
 adapter.register_cstore_filter(app.on_cstore)
+adapter.register_stored_instance(app.on_stored)
 adapter.register_find(app.on_find)
 adapter.register_move(app.on_move)
 for pattern, handler in app.routes():

@@ -124,6 +124,9 @@ class RestApi:
     def post_bytes(self, uri: str, body: bytes) -> bytes:
         return orthanc.RestApiPost(uri, body)
 
+    def delete(self, uri: str) -> None:
+        orthanc.RestApiDelete(uri)
+
     def lookup(self, level: str, uid: str) -> str | None:
         """Orthanc ID of the resource with this DICOM UID at ``level`` (study|series|instance), or None."""
         lookup = {"study": orthanc.LookupStudy, "series": orthanc.LookupSeries, "instance": orthanc.LookupInstance}
@@ -178,6 +181,29 @@ def register_cstore_filter(handler: Callable[[bytes, str], int]) -> None:
             return 0xC000  # Failure: Cannot understand (fail closed)
 
     orthanc.RegisterIncomingCStoreInstanceFilter(_filter)
+
+
+# Orthanc's InstanceOrigin members (plugin 4.0 names) -> the origin names the app uses.
+_ORIGINS = {"DICOM_PROTOCOL": "dicom", "REST_API": "rest", "PLUGIN": "plugin", "LUA": "lua", "WEB_DAV": "webdav"}
+
+
+def register_stored_instance(handler: Callable[[str, str, str, Callable[[], Mapping[str, Any]]], None]) -> None:
+    """``handler(instance_id, origin, remote_aet, tags)`` after Orthanc stored a new instance: ``origin`` is
+    a name from ``_ORIGINS`` (or "unknown"), ``remote_aet`` the calling AE title of a DICOM store, and
+    ``tags()`` reads the instance's tags as Orthanc parsed them (keyword -> value), only when asked."""
+    origins = {getattr(orthanc.InstanceOrigin, name): value for name, value in _ORIGINS.items()
+               if hasattr(orthanc.InstanceOrigin, name)}
+
+    def _on_stored(dicom: Any, instance_id: str) -> None:
+        try:
+            origin = origins.get(dicom.GetInstanceOrigin(), "unknown")
+            remote_aet = dicom.GetInstanceRemoteAet() if origin == "dicom" else ""
+            handler(instance_id, origin, remote_aet, lambda: json.loads(dicom.GetInstanceSimplifiedJson()))
+        except Exception:
+            # Orthanc only logs what a stored-instance callback raises; say which instance it was.
+            log.exception("stored-instance check failed for Orthanc instance %r", instance_id)
+
+    orthanc.RegisterOnStoredInstanceCallback(_on_stored)
 
 
 # -- HTTP routes served by the plugin --------------------------------------------------------------------

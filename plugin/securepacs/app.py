@@ -35,6 +35,7 @@ from securepacs.move import MoveRefused, MoveService
 from securepacs.plugin_config import PluginConfig
 from securepacs.policy import OWNERSHIP_URI, HttpPolicy
 from securepacs.store import Clinic, Store, StoreError
+from securepacs.stored_check import StoredInstanceCheck
 from securepacs.stow import StowService
 from securepacs.studies import StudyList
 from securepacs.tenancy import Tenancy
@@ -53,6 +54,7 @@ class OrthancRest(Protocol):
     def get_json(self, uri: str) -> Any: ...
     def post_json(self, uri: str, body: Any) -> Any: ...
     def post_bytes(self, uri: str, body: bytes) -> bytes: ...
+    def delete(self, uri: str) -> None: ...
     def lookup(self, level: str, uid: str) -> str | None: ...
 
 
@@ -83,7 +85,8 @@ class SecurePacsApp:
         self.modalities = ModalitySync(self.store, modality_api, config.move_relay_port, config.dicom_tls)
         self.queries = dicom_query.QueryEngine(rest, study_uids=self.store.study_uids_of)
         self.moves = MoveService(self.store, self.tenancy, rest, on_security_event=self.security_event)
-        self.stow = StowService(self.tenancy, rest)
+        self.stow = StowService(self.tenancy, rest, self.audit, on_security_event=self.security_event)
+        self.stored_check = StoredInstanceCheck(rest, self.audit, self.security_event, clinic_of=self._clinic_of_aet)
         self.studies = StudyList(self.queries)
         self._orthanc_system = orthanc_system
         self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
@@ -121,7 +124,17 @@ class SecurePacsApp:
         # Recorded before Orthanc stores and acknowledges the instance (the trail's write() is done when
         # this returns; see securepacs.audit for what a crash can and cannot lose).
         self.audit.stored(calling_aet, principal.clinic, admission.ids, admission.status, admission.reason)
+        if admission.admitted and admission.ids is not None:
+            self.stored_check.admitted(admission.ids, calling_aet)  # Orthanc must index exactly these
         return admission.status
+
+    def on_stored(self, instance_id: str, origin: str, remote_aet: str, tags: Callable[[], Mapping[str, Any]]) -> None:
+        """Orthanc stored a new instance: one it received over DICOM must be one the filter admitted."""
+        self.stored_check.on_stored(instance_id, origin, remote_aet, tags)
+
+    def _clinic_of_aet(self, calling_aet: str) -> str | None:
+        principal = self.dicom_principal(calling_aet)
+        return principal.clinic if principal else None
 
     def on_find(self, items: list[tuple[int, int, str]], calling_aet: str, _called_aet: str) -> Iterable[bytes]:
         principal = self.dicom_principal(calling_aet)

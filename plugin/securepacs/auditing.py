@@ -76,12 +76,14 @@ class Auditor:
 
     # -- DICOM -----------------------------------------------------------------------------------------
     def stored(self, calling_aet: str, clinic: str | None, ids: InstanceIds | None, status: int,
-               reason: str = "") -> None:
-        """One C-STORE (or STOW-RS part) decided: written before Orthanc acknowledges it."""
+               reason: str = "", *, requestor: ActiveParticipant | None = None) -> None:
+        """One C-STORE (or STOW-RS part, whose ``requestor`` is the HTTP user) decided: written before
+        Orthanc acknowledges it."""
         studies = [events.study(ids.study_uid, {ids.sop_class_uid or "unknown": 1})] if ids else []
         patient = events.patient(ids.patient_id) if ids and ids.patient_id else None
         self.write(events.instances_transferred(
-            self.source, self.dicom_peer(calling_aet, clinic), self.archive, studies, patient, action="C",
+            self.source, requestor or self.dicom_peer(calling_aet, clinic), self.archive, studies, patient,
+            action="C",
             outcome=codes.OUTCOME_SUCCESS if status == 0 else codes.OUTCOME_SERIOUS_FAILURE,
             description=None if status == 0 else f"refused with status 0x{status:04X}: {reason}",
             details={"sop_instance_uid": ids.sop_uid if ids else "", "status": f"0x{status:04X}"},

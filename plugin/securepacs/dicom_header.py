@@ -9,6 +9,11 @@ The walk only answers when the answer is unambiguous: Explicit or Implicit VR Li
 lengths, plain printable ASCII values. Anything else (deflate, big endian, an undefined-length sequence
 before the identifiers, a character set, a multi-valued or malformed element) returns None and the caller
 parses with pydicom as before, so this is a shortcut, never a second interpretation of the data.
+
+One thing is never left to a fallback: a repeated or out-of-order element in the file meta group or in the
+data set up to the identifiers raises ``AmbiguousHeader``. Readers disagree on which copy of a repeated
+element counts (DCMTK, and so Orthanc, keeps the first; pydicom the last), so such a data set can name one
+study to tenancy and another to Orthanc's index; PS3.5 7.1 requires ascending tags anyway.
 """
 
 from __future__ import annotations
@@ -37,6 +42,26 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
 
+class AmbiguousHeader(ValueError):
+    """A repeated or out-of-order element where the identifiers are read: no reading of it can be trusted.
+
+    ``read`` holds the identifiers read before the offending element (first copies), for the audit trail.
+    """
+
+    def __init__(self, message: str, read: dict[str, str]):
+        super().__init__(message)
+        self.read = read
+
+
+def tag_name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def out_of_order(tag: int, previous: int, where: str, read: dict[str, str]) -> AmbiguousHeader:
+    what = "repeated" if tag == previous else f"out of order (after {tag_name(previous)})"
+    return AmbiguousHeader(f"element {tag_name(tag)} in the {where} is {what}: the data set is ambiguous", read)
+
+
 def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, int, int] | None:
     """(tag, value offset, value length) of the element at ``pos``, or None past the end."""
     if pos + 8 > len(data):
@@ -60,14 +85,22 @@ def _text(raw: bytes) -> str | None:
 
 
 def identifiers(data: bytes) -> dict[str, str] | None:
-    """Keyword -> value for the identifiers present at the top level, or None to say "parse it fully"."""
+    """Keyword -> value for the identifiers present at the top level, or None to say "parse it fully".
+
+    Raises ``AmbiguousHeader`` for a repeated or out-of-order element before or among the identifiers.
+    """
     if len(data) < _PREAMBLE + 4 or data[_PREAMBLE : _PREAMBLE + 4] != _MAGIC:
         return None
     pos = _PREAMBLE + 4
     transfer_syntax = None
+    values: dict[str, str] = {}
+    previous = -1
     # File meta information: always Explicit VR Little Endian (PS3.10 7.1).
     while (found := _element(data, pos, explicit=True)) is not None and found[0] >> 16 == 0x0002:
         tag, start, length = found
+        if tag <= previous:
+            raise out_of_order(tag, previous, "file meta information", values)
+        previous = tag
         if length == _UNDEFINED_LENGTH or start + length > len(data):
             return None
         if tag == 0x00020010:
@@ -79,11 +112,14 @@ def identifiers(data: bytes) -> dict[str, str] | None:
         explicit = False
     else:
         return None
-    values: dict[str, str] = {}
+    previous = -1
     while (found := _element(data, pos, explicit)) is not None:
         tag, start, length = found
+        if tag <= previous:
+            raise out_of_order(tag, previous, "data set", values)
         if tag > _LAST_TAG:
             break
+        previous = tag
         if length == _UNDEFINED_LENGTH or start + length > len(data):
             return None
         keyword = IDENTIFIER_TAGS.get(tag)

@@ -3,6 +3,12 @@
 Orthanc's DICOMweb plugin cannot tell who uploaded, so clinic uploads come here instead (nginx routes
 ``POST /dicom-web/studies`` to this handler): every part is admitted by the same tenancy rule as a
 C-STORE, then handed to Orthanc's ``/instances``. The answer is the standard Store Instances Response.
+
+Tenancy decides on the identifiers Orthanc itself indexes. Orthanc names an instance by hashing them, so
+the ID in its answer proves which ones it used: an ID other than the admitted identifiers' means Orthanc
+read the part differently from us, and the instance is removed again and refused. Each part gets its own
+audit record (who, which instance, outcome), written before Orthanc stores it, and another if Orthanc then
+fails or files it elsewhere.
 """
 
 from __future__ import annotations
@@ -10,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, Protocol
 
 from securepacs import dicom_status
+from securepacs.auditing import Auditor
 from securepacs.identity import Principal
-from securepacs.tenancy import NotDicom, Tenancy, read_ids
+from securepacs.tenancy import ORTHANC_ID_PATTERN, Admission, InstanceIds, NotDicom, Tenancy, read_ids
 from securepacs.web import Request, Response
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,10 @@ _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
 class OrthancUpload(Protocol):
     def post_bytes(self, uri: str, body: bytes) -> bytes: ...
+    def delete(self, uri: str) -> None: ...
+
+
+SecurityEvent = Callable[[str, dict[str, Any]], None]
 
 
 class StowError(ValueError):
@@ -63,9 +74,12 @@ def _sop_item(sop_class: str, sop_uid: str, **extra: Any) -> dict[str, Any]:
 
 
 class StowService:
-    def __init__(self, tenancy: Tenancy, orthanc: OrthancUpload):
+    def __init__(self, tenancy: Tenancy, orthanc: OrthancUpload, audit: Auditor,
+                 on_security_event: SecurityEvent | None = None):
         self._tenancy = tenancy
         self._orthanc = orthanc
+        self._audit = audit
+        self._on_event = on_security_event or (lambda _kind, _details: None)
 
     def handle(self, req: Request, principal: Principal) -> Response:
         if req.method != "POST":
@@ -79,7 +93,12 @@ class StowService:
         stored: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         for part in parts:
-            self._store_one(part, principal, stored, failed)
+            status, ids = self._store_one(part, principal, req.client_ip)
+            item = _sop_item(ids.sop_class_uid if ids else "", ids.sop_uid if ids else "")
+            if status == dicom_status.SUCCESS:
+                stored.append(item)
+            else:
+                failed.append({**item, **_reason(status)})
         log.info("STOW-RS by %r: %d stored, %d refused", principal.name, len(stored), len(failed))
         body: dict[str, Any] = {}
         if stored:
@@ -90,25 +109,53 @@ class StowService:
         status = 200 if not failed else (409 if not stored else 202)
         return Response(status, json.dumps(body), DICOM_JSON)
 
-    def _store_one(self, part: bytes, principal: Principal, stored: list, failed: list) -> None:
+    def _store_one(self, part: bytes, principal: Principal, client_ip: str) -> tuple[int, InstanceIds | None]:
+        """Admit, record, store and verify one part: (status for the response, the part's identifiers)."""
+        source = f"stow:{principal.name}"
+        requestor = self._audit.http_user(principal, client_ip)
+
+        def record(status: int, ids: InstanceIds | None, reason: str) -> tuple[int, InstanceIds | None]:
+            self._audit.stored(principal.name, principal.clinic, ids, status, reason, requestor=requestor)
+            return status, ids
+
+        # Admins upload unattributed: such studies are visible to admins only.
+        admission = (self._tenancy.admit(part, principal.clinic, source) if principal.clinic is not None
+                     else _read(part))
+        record(admission.status, admission.ids, admission.reason)
+        if not admission.admitted or admission.ids is None:
+            return admission.status, admission.ids
+        ids = admission.ids
         try:
-            ids = read_ids(part)
-        except NotDicom:
-            failed.append(_sop_item("", "", **_reason(dicom_status.STORE_ERROR_CANNOT_UNDERSTAND)))
-            return
-        # Admins (no clinic) upload unattributed: such studies are visible to admins only.
-        if principal.clinic is not None:
-            admission = self._tenancy.admit(part, principal.clinic, f"stow:{principal.name}")
-            if not admission.admitted:
-                failed.append(_sop_item(ids.sop_class_uid, ids.sop_uid, **_reason(admission.status)))
-                return
-        try:
-            self._orthanc.post_bytes("/instances", part)
+            answer = json.loads(self._orthanc.post_bytes("/instances", part))
         except Exception as exc:  # Orthanc refused it (storage full, unsupported, ...)
             log.warning("STOW-RS: Orthanc refused an instance: %s", exc)
-            failed.append(_sop_item(ids.sop_class_uid, ids.sop_uid, **_reason(dicom_status.PROCESSING_FAILURE)))
-            return
-        stored.append(_sop_item(ids.sop_class_uid, ids.sop_uid))
+            return record(dicom_status.PROCESSING_FAILURE, ids, "Orthanc did not store the instance")
+        indexed = answer.get("ID") if isinstance(answer, dict) else None
+        if indexed == ids.orthanc_instance:
+            return dicom_status.SUCCESS, ids
+        reason = "Orthanc indexed the instance under other identifiers than those admitted"
+        # Only a newly stored instance is ours to remove: "AlreadyStored" names an instance that was
+        # there before (perhaps another clinic's), which this upload did not change.
+        if isinstance(answer, dict) and answer.get("Status") == "Success" and isinstance(indexed, str) \
+                and re.fullmatch(ORTHANC_ID_PATTERN, indexed):
+            try:
+                self._orthanc.delete(f"/instances/{indexed}")
+            except Exception:
+                log.exception("STOW-RS: could not remove a mis-indexed instance (Orthanc ID %r)", indexed)
+                reason += "; removing it failed"
+        log.warning("STOW-RS by %r: Orthanc indexed an instance otherwise than admitted; refused", principal.name)
+        self._on_event("indexed-identifiers-mismatch", {
+            "clinic": principal.clinic, "source": source, "reason": reason, "study_uid": ids.study_uid,
+            "sop_uid": ids.sop_uid, "expected_orthanc_id": ids.orthanc_instance, "indexed_orthanc_id": str(indexed),
+        })
+        return record(dicom_status.REFUSED_NOT_AUTHORIZED, ids, reason)
+
+
+def _read(part: bytes) -> Admission:
+    try:
+        return Admission(dicom_status.SUCCESS, "admitted", read_ids(part))
+    except NotDicom as exc:
+        return Admission(dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, str(exc))
 
 
 def _reason(status: int) -> dict[str, Any]:

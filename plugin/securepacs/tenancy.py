@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator, read_partial, read_preamble
+from pydicom.tag import Tag
 
 from securepacs import dicom_header, dicom_status
 from securepacs.identity import Principal
@@ -30,6 +32,7 @@ from securepacs.store import Store
 log = logging.getLogger(__name__)
 
 _IDENT_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+_IDENT_TAG_NUMBERS = [Tag(keyword) for keyword in _IDENT_TAGS]
 
 
 class OrthancIndex(Protocol):
@@ -70,10 +73,55 @@ class NotDicom(ValueError):
     """The bytes are not a DICOM instance with the identifiers an archive needs."""
 
 
+class AmbiguousIds(NotDicom):
+    """A repeated or out-of-order element where the identifiers are read: the data set could name one study
+    to tenancy and another to Orthanc (DCMTK keeps the first copy, pydicom the last). ``read`` holds the
+    identifiers read before it, for the audit trail."""
+
+    def __init__(self, message: str, read: dict[str, str]):
+        super().__init__(message)
+        self.read = read
+
+
+_PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+class _Ascending:
+    """pydicom ``stop_when`` hook: sees every top-level tag in order, refuses a repeat or a step back, and
+    stops before the pixel data (what ``stop_before_pixels`` does)."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.previous = -1
+
+    def __call__(self, tag: int, _vr: str | None, _length: int) -> bool:
+        if tag in _PIXEL_DATA_TAGS:
+            return True
+        if tag <= self.previous:
+            raise dicom_header.out_of_order(int(tag), self.previous, self.where, {})
+        self.previous = int(tag)
+        return False
+
+
+def _check_meta_order(data: bytes) -> None:
+    fp = io.BytesIO(data)
+    read_preamble(fp, True)
+    check = _Ascending("file meta information")
+    for element in data_element_generator(fp, False, True, stop_when=lambda tag, _vr, _len: tag >> 16 != 0x0002):
+        check(element.tag, None, 0)
+
+
 def _parsed_ids(data: bytes) -> dict[str, str]:
+    # pydicom keeps the last copy of a repeated element, DCMTK the first: walk the elements in order and
+    # refuse a repeat or a step back anywhere in the top level before the pixel data (the whole span pydicom
+    # reads), so the copy pydicom keeps is the only copy.
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_IDENT_TAGS, force=True)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, OSError) as exc:
+        _check_meta_order(data)
+        ds = read_partial(io.BytesIO(data), _Ascending("data set"), force=True,
+                          specific_tags=list(_IDENT_TAG_NUMBERS))
+    except dicom_header.AmbiguousHeader as exc:
+        raise AmbiguousIds(str(exc), exc.read) from None
+    except (InvalidDicomError, EOFError, ValueError, TypeError, OSError, struct.error) as exc:
         raise NotDicom(f"not a DICOM instance: {exc}") from None
 
     def text(keyword: str) -> str:
@@ -84,7 +132,11 @@ def _parsed_ids(data: bytes) -> dict[str, str]:
 
 
 def read_ids(data: bytes) -> InstanceIds:
-    found = dicom_header.identifiers(data)
+    """The identifiers as Orthanc will index them; ``AmbiguousIds`` if the data set may say two things."""
+    try:
+        found = dicom_header.identifiers(data)
+    except dicom_header.AmbiguousHeader as exc:
+        raise AmbiguousIds(str(exc), exc.read) from None
     if found is None:  # not the common, plain case: let pydicom decide
         found = _parsed_ids(data)
     ids = InstanceIds(*(found.get(k, "") for k in _IDENT_TAGS))
@@ -136,6 +188,16 @@ class Tenancy:
         """Decide whether ``clinic`` may store this instance; records ownership of a new study."""
         try:
             ids = read_ids(data)
+        except AmbiguousIds as exc:
+            # A malformed header that names two studies is how a cross-tenant write would be smuggled past
+            # us: refuse it as undecodable and record it as a security event (no identifiers in the log).
+            log.warning("ambiguous data set refused from clinic %r (%s): %s", clinic, source, exc)
+            self._on_event("ambiguous-identifiers", {
+                "clinic": clinic, "source": source, "reason": str(exc),
+                "study_uid": exc.read.get("StudyInstanceUID", ""), "patient_id": exc.read.get("PatientID", ""),
+                "sop_uid": exc.read.get("SOPInstanceUID", ""),
+            })
+            return Admission(dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, str(exc))
         except NotDicom as exc:
             return Admission(dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, str(exc))
         owner = self._claim_study(ids, clinic, source)

@@ -3,10 +3,10 @@
 Only what the adapter uses is stubbed; touching anything else raises ``AttributeError`` naming the
 missing attribute, so a new call into Orthanc cannot pass silently in a unit test. The stub records
 what the code registers (request filter, REST callbacks, C-FIND/C-MOVE handlers, C-STORE filters, change
-callback) and what it logs, and backs ``RestApiGet/Post/Put/Delete`` and ``LookupStudy/Series/Instance``
-with a small in-memory "Orthanc" (``/system``, ``/modalities``, and whatever a test puts in ``rest_get``,
-``rest_post`` and ``resources``). Like the real module, REST calls answer ``bytes`` and lookups of an
-unknown UID raise ``OrthancException``.
+callback, stored-instance callback) and what it logs, and backs ``RestApiGet/Post/Put/Delete`` and
+``LookupStudy/Series/Instance`` with a small in-memory "Orthanc" (``/system``, ``/modalities``, and
+whatever a test puts in ``rest_get``, ``rest_post`` and ``resources``). Like the real module, REST calls
+answer ``bytes`` and lookups of an unknown UID raise ``OrthancException``.
 
 ``installed(stub)`` puts it in ``sys.modules`` for the duration of a ``with`` block and afterwards removes
 it together with every module that imported it (``securepacs.adapter``, ``securepacs_plugin``) and restores
@@ -27,6 +27,8 @@ from typing import Any
 # Values of OrthancPluginChangeType / OrthancPluginHttpMethod in the C SDK (what the real module exposes).
 CHANGE_TYPES = {"NEW_INSTANCE": 3, "ORTHANC_STARTED": 10, "ORTHANC_STOPPED": 11, "UPDATED_MODALITIES": 15}
 HTTP_METHODS = {"GET": 1, "POST": 2, "PUT": 3, "DELETE": 4}
+# OrthancPluginInstanceOrigin (plugin 4.0 exposes these members on orthanc.InstanceOrigin).
+INSTANCE_ORIGINS = {"UNKNOWN": 1, "DICOM_PROTOCOL": 2, "REST_API": 3, "PLUGIN": 4, "LUA": 5, "WEB_DAV": 6}
 
 # Modules that hold a reference to the stub once imported under it.
 DEPENDENT_MODULES = ("securepacs.adapter", "securepacs_plugin")
@@ -55,6 +57,7 @@ class OrthancStub(types.ModuleType):
         self.OrthancException = OrthancException
         self.ChangeType = _Strict(**CHANGE_TYPES)
         self.HttpMethod = _Strict(**HTTP_METHODS)
+        self.InstanceOrigin = _Strict(**INSTANCE_ORIGINS)
         self.logs: list[tuple[str, str]] = []
         self.http_filters: list[Callable[..., Any]] = []
         self.rest_callbacks: dict[str, Callable[..., Any]] = {}
@@ -65,6 +68,8 @@ class OrthancStub(types.ModuleType):
         self.find_callbacks: list[Callable[..., Any]] = []
         self.move_callbacks: list[Callable[..., Any]] = []
         self.cstore_filters: list[Callable[..., Any]] = []
+        self.stored_callbacks: list[Callable[..., Any]] = []
+        self.deleted: list[str] = []  # resources deleted through RestApiDelete (not modalities)
         # What a test puts into "Orthanc": extra GET answers, POST answers, and the UID index for lookups.
         self.rest_get: dict[str, bytes] = {}
         self.rest_post: dict[str, bytes] = {}
@@ -113,6 +118,10 @@ class OrthancStub(types.ModuleType):
 
     def RegisterIncomingCStoreInstanceFilter(self, callback: Callable[..., Any]) -> None:
         self.cstore_filters.append(callback)
+
+    def RegisterOnStoredInstanceCallback(self, callback: Callable[..., Any]) -> None:
+        # Orthanc calls it as callback(dicom, instance_id) after storing a new instance.
+        self.stored_callbacks.append(callback)
 
     # -- the index ---------------------------------------------------------------------------------------
     def _lookup(self, level: str, uid: str) -> str:
@@ -165,6 +174,9 @@ class OrthancStub(types.ModuleType):
 
     def RestApiDelete(self, uri: str) -> None:
         self.rest_calls.append(("DELETE", uri))
+        if uri.startswith(("/instances/", "/series/", "/studies/", "/patients/")):
+            self.deleted.append(uri)
+            return
         del self.modalities[self._modality(uri)]
 
     # -- helpers for tests (not part of the orthanc API) ------------------------------------------------
@@ -223,6 +235,24 @@ class FakeReceivedInstance:
 
     def GetInstanceRemoteAet(self) -> str:
         return self._aet
+
+
+class FakeStoredInstance:
+    """What Orthanc passes as ``dicom`` to a stored-instance callback."""
+
+    def __init__(self, origin: str, remote_aet: str = "", tags: dict[str, str] | None = None) -> None:
+        self._origin = INSTANCE_ORIGINS[origin]
+        self._aet = remote_aet
+        self._tags = tags or {}
+
+    def GetInstanceOrigin(self) -> int:
+        return self._origin
+
+    def GetInstanceRemoteAet(self) -> str:
+        return self._aet
+
+    def GetInstanceSimplifiedJson(self) -> str:
+        return json.dumps(self._tags)
 
 
 class FakeRestOutput:

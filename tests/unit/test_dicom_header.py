@@ -6,11 +6,12 @@ import io
 from pathlib import Path
 
 import pytest
+from _dicom import element, insert_before
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from securepacs import dicom_header, synth
-from securepacs.tenancy import _IDENT_TAGS, _parsed_ids, read_ids
+from securepacs.tenancy import _IDENT_TAGS, AmbiguousIds, NotDicom, _parsed_ids, read_ids
 
 SPEC = synth.StudySpec(seed="header", slices=1, rows=8, columns=8)
 
@@ -89,3 +90,94 @@ def test_agrees_with_pydicom_on_its_test_files() -> None:
         assert {k: fast.get(k, "") for k in _IDENT_TAGS} == _parsed_ids(data), path.name
         answered += 1
     assert answered >= 20  # the common files really take the fast path
+
+
+# -- repeated and out-of-order elements: DCMTK (Orthanc) keeps the first copy, pydicom the last -------------
+VICTIM = synth.StudySpec(seed="victim", patient_id="VICTIM-1", slices=1, rows=8, columns=8)
+STUDY, PATIENT, SOP_CLASS, SERIES = 0x0020000D, 0x00100020, 0x00080016, 0x0020000E
+SYNTAXES = {"explicit": ExplicitVRLittleEndian, "implicit": ImplicitVRLittleEndian}
+
+
+def _victim_copies(explicit: bool) -> tuple[bytes, bytes]:
+    return (element(STUDY, "UI", VICTIM.study_uid, explicit), element(PATIENT, "LO", VICTIM.patient_id, explicit))
+
+
+def repeated(syntax: str) -> bytes:
+    """The victim's Study UID and Patient ID just before the sender's own copies."""
+    data = encode(synth.instance(SPEC, 0), SYNTAXES[syntax])
+    study, patient = _victim_copies(syntax == "explicit")
+    return insert_before(insert_before(data, STUDY, study), PATIENT, patient)
+
+
+def out_of_order(syntax: str) -> bytes:
+    """The victim's Study UID and Patient ID opening the data set, the sender's own in their place."""
+    data = encode(synth.instance(SPEC, 0), SYNTAXES[syntax])
+    study, patient = _victim_copies(syntax == "explicit")
+    return insert_before(data, SOP_CLASS, study + patient)
+
+
+CRAFTED = {"repeated": repeated, "out-of-order": out_of_order}
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+@pytest.mark.parametrize("layout", sorted(CRAFTED))
+def test_a_repeated_or_out_of_order_identifier_is_refused_not_guessed(layout: str, syntax: str) -> None:
+    data = CRAFTED[layout](syntax)
+    with pytest.raises(dicom_header.AmbiguousHeader, match=r"element \(0010,0020\) in the data set is "
+                       + ("repeated" if layout == "repeated" else r"out of order \(after \(0020,000D\)\)")):
+        dicom_header.identifiers(data)
+    with pytest.raises(AmbiguousIds) as refused:
+        read_ids(data)
+    assert isinstance(refused.value, NotDicom)  # callers that only know NotDicom still refuse it
+    # The pydicom fallback refuses it too (it used to keep the last copy: the sender's fresh study).
+    with pytest.raises(AmbiguousIds, match=r"\(0010,0020\)"):
+        _parsed_ids(data)
+
+
+def test_the_refusal_keeps_what_was_read_for_the_audit_trail() -> None:
+    with pytest.raises(dicom_header.AmbiguousHeader) as refused:
+        dicom_header.identifiers(out_of_order("explicit"))
+    assert refused.value.read == {"StudyInstanceUID": VICTIM.study_uid}
+    assert VICTIM.study_uid not in str(refused.value)  # the message may reach logs: no identifiers in it
+
+
+def test_a_repeated_transfer_syntax_in_the_file_meta_is_refused() -> None:
+    # Implicit first (what DCMTK would use), explicit second: the two readings decode different data sets.
+    data = encode(synth.instance(SPEC, 0), ExplicitVRLittleEndian)
+    data = insert_before(data, 0x00020010, element(0x00020010, "UI", ImplicitVRLittleEndian), in_meta=True)
+    length = int.from_bytes(data[140:144], "little") + len(element(0x00020010, "UI", ImplicitVRLittleEndian))
+    data = data[:140] + length.to_bytes(4, "little") + data[144:]
+    with pytest.raises(dicom_header.AmbiguousHeader, match=r"\(0002,0010\) in the file meta information is repeated"):
+        dicom_header.identifiers(data)
+    with pytest.raises(AmbiguousIds, match=r"\(0002,0010\)"):
+        _parsed_ids(data)
+    with pytest.raises(AmbiguousIds):
+        read_ids(data)
+
+
+def test_the_fallback_refuses_what_the_fast_path_left_to_it() -> None:
+    # A non-ASCII Patient ID sends the instance to pydicom before the repeated Study UID is reached.
+    ds = synth.instance(SPEC, 0)
+    ds.PatientID = "MÜLLER"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    data = insert_before(encode(ds, ExplicitVRLittleEndian), STUDY, element(STUDY, "UI", VICTIM.study_uid))
+    assert dicom_header.identifiers(data) is None
+    with pytest.raises(AmbiguousIds, match=r"\(0020,000D\) in the data set is repeated"):
+        read_ids(data)
+
+
+def test_a_repeat_after_the_identifiers_leaves_the_first_copy_in_force() -> None:
+    # Past (0020,000E) the fast path stops: a later copy is ignored, as DCMTK ignores every later copy.
+    data = encode(synth.instance(SPEC, 0), ExplicitVRLittleEndian)
+    late = element(STUDY, "UI", VICTIM.study_uid)
+    data = insert_before(data, 0x00280010, late)  # after (0020,0013) ... (0028,0004), before Rows
+    assert dicom_header.identifiers(data)["StudyInstanceUID"] == SPEC.study_uid
+    with pytest.raises(AmbiguousIds):  # pydicom would keep the late copy: the fallback refuses
+        _parsed_ids(data)
+
+
+def test_ordered_files_still_take_both_paths() -> None:
+    for syntax in SYNTAXES.values():
+        data = encode(synth.instance(SPEC, 0), syntax)
+        assert dicom_header.identifiers(data) is not None
+        assert _parsed_ids(data)["StudyInstanceUID"] == SPEC.study_uid

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _dicom import encode
+from _dicom import element, encode, insert_before
 
 from securepacs import dicom_status
+from securepacs.auditing import Auditor
 from securepacs.identity import ADMIN, CLINIC_DEVICE, Principal
 from securepacs.move import MoveRefused, MoveService
 from securepacs.store import Store
 from securepacs.stow import StowService
 from securepacs.synth import StudySpec, instance
-from securepacs.tenancy import Tenancy, orthanc_id
+from securepacs.tenancy import Tenancy, orthanc_id, read_ids
 from securepacs.web import Request
 
 NORTH = StudySpec(seed="n", patient_id="12345", slices=2, rows=8, columns=8)
@@ -28,6 +29,9 @@ class FakeOrthanc:
     def __init__(self) -> None:
         self.posts: list[tuple[str, Any]] = []
         self.uploaded: list[bytes] = []
+        self.deleted: list[str] = []
+        # What /instances answers: by default the ID of the identifiers in the upload, as Orthanc does.
+        self.answer: dict[str, Any] | None = None
 
     def lookup(self, level: str, uid: str) -> str | None:
         return {NORTH.study_uid: N_STUDY, SOUTH.study_uid: S_STUDY}.get(uid) if level == "study" else None
@@ -42,20 +46,46 @@ class FakeOrthanc:
         return {}
 
     def post_bytes(self, uri: str, body: bytes) -> bytes:
+        assert uri == "/instances"
         self.uploaded.append(body)
-        return b"{}"
+        answer = self.answer or {"ID": read_ids(body).orthanc_instance, "Status": "Success"}
+        return json.dumps(answer).encode()
+
+    def delete(self, uri: str) -> None:
+        self.deleted.append(uri)
+
+
+class FakeTrail:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, record: Any) -> None:
+        self.records.append(json.loads(record.to_json()))
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Store, FakeOrthanc, MoveService, StowService]]:
+def trail() -> FakeTrail:
+    return FakeTrail()
+
+
+@pytest.fixture
+def events() -> list[tuple[str, dict[str, Any]]]:
+    return []
+
+
+@pytest.fixture
+def world(tmp_path: Path, trail: FakeTrail,
+          events: list) -> Iterator[tuple[Store, FakeOrthanc, MoveService, StowService]]:
     store = Store(tmp_path / "s.db")
     store.add_clinic("north", ["NORTH_CT", "NORTH_WS"], move_host="10.0.0.5", move_port=11112)
     store.add_clinic("south", ["SOUTH_CT"])
     fake = FakeOrthanc()
-    tenancy = Tenancy(store, fake)
+    record = lambda kind, details: events.append((kind, dict(details)))  # noqa: E731
+    tenancy = Tenancy(store, fake, on_security_event=record)
     tenancy.admit(encode(instance(NORTH, 0)), "north", "n")
     tenancy.admit(encode(instance(SOUTH, 0)), "south", "s")
-    yield store, fake, MoveService(store, tenancy, fake), StowService(tenancy, fake)
+    stow = StowService(tenancy, fake, Auditor(trail, "SECUREPACS"), on_security_event=record)
+    yield store, fake, MoveService(store, tenancy, fake), stow
     store.close()
 
 
@@ -154,3 +184,83 @@ def test_admin_stow_is_unattributed(world) -> None:
     resp = stow.handle(stow_request(*multipart(encode(instance(new, 0)))), Principal("root", ADMIN, None))
     assert resp.status == 200 and len(fake.uploaded) == 1
     assert store.study_owner(new.study_uid) is None
+
+
+# -- per-instance audit and the post-store check ---------------------------------------------------------
+DEVICE = Principal("north-dev", CLINIC_DEVICE, "north")
+
+
+def store_records(trail: FakeTrail) -> list[dict[str, Any]]:
+    return [r for r in trail.records if r["event"]["code"] == "110104"]
+
+
+def test_stow_writes_one_audit_record_per_instance_with_its_outcome(world, trail) -> None:
+    _, _, _, stow = world
+    new = StudySpec(seed="audited", patient_id="778", slices=2, rows=8, columns=8)
+    parts = [encode(instance(new, 0)), encode(instance(SOUTH, 1)), b"not dicom", encode(instance(new, 1))]
+    req = stow_request(*multipart(*parts))
+    req = Request(req.method, req.uri, req.groups, req.headers, req.get, req.body, client_ip="192.0.2.7")
+    assert stow.handle(req, DEVICE).status == 202
+    records = store_records(trail)
+    assert [r["details"]["status"] for r in records] == ["0x0000", "0x0124", "0xC000", "0x0000"]
+    assert [r["details"]["sop_instance_uid"] for r in records] == [
+        instance(new, 0).SOPInstanceUID, instance(SOUTH, 1).SOPInstanceUID, "", instance(new, 1).SOPInstanceUID]
+    first = records[0]
+    assert first["outcome"] == 0 and first["action"] == "C"
+    assert {o["object_id"] for o in first["objects"]} == {new.study_uid, "778"}
+    uploader = next(p for p in first["participants"] if p["user_id"] == "north-dev")
+    assert uploader["clinic"] == "north" and uploader["network_access_point"] == "192.0.2.7"
+    assert records[1]["outcome"] == 8 and "another clinic" in records[1]["outcome_description"]
+
+
+def test_stow_removes_and_refuses_an_instance_orthanc_indexed_otherwise(world, trail, events) -> None:
+    """Defence in depth: should Orthanc ever read a part differently from tenancy (its ID names other
+    identifiers), the instance is deleted again, the part fails, and a security event is recorded."""
+    _, fake, _, stow = world
+    new = StudySpec(seed="misread", patient_id="779", slices=1, rows=8, columns=8)
+    elsewhere = orthanc_id("12345", SOUTH.study_uid, SOUTH.series_uid, "2.25.1")
+    fake.answer = {"ID": elsewhere, "ParentStudy": S_STUDY, "Status": "Success"}
+    resp = stow.handle(stow_request(*multipart(encode(instance(new, 0)))), DEVICE)
+    assert resp.status == 409
+    [failed] = json.loads(resp.body)["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [instance(new, 0).SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [dicom_status.REFUSED_NOT_AUTHORIZED]
+    assert fake.deleted == [f"/instances/{elsewhere}"]
+    [(_kind, details)] = [e for e in events if e[0] == "indexed-identifiers-mismatch"]
+    assert details["clinic"] == "north" and details["indexed_orthanc_id"] == elsewhere
+    assert [r["details"]["status"] for r in store_records(trail)] == ["0x0000", "0x0124"]
+
+
+def test_stow_never_deletes_an_instance_that_was_already_there(world, events) -> None:
+    # "AlreadyStored" under another ID names an existing instance (maybe another clinic's): refuse, keep it.
+    _, fake, _, stow = world
+    new = StudySpec(seed="already", patient_id="780", slices=1, rows=8, columns=8)
+    fake.answer = {"ID": orthanc_id("12345", SOUTH.study_uid, SOUTH.series_uid, "2.25.2"), "Status": "AlreadyStored"}
+    assert stow.handle(stow_request(*multipart(encode(instance(new, 0)))), DEVICE).status == 409
+    assert fake.deleted == []
+    assert any(kind == "indexed-identifiers-mismatch" for kind, _ in events)
+
+
+def test_stow_of_a_resend_is_fine(world) -> None:
+    _, fake, _, stow = world
+    new = StudySpec(seed="resend", patient_id="781", slices=1, rows=8, columns=8)
+    part = encode(instance(new, 0))
+    assert stow.handle(stow_request(*multipart(part)), DEVICE).status == 200
+    fake.answer = {"ID": read_ids(part).orthanc_instance, "Status": "AlreadyStored"}
+    assert stow.handle(stow_request(*multipart(part)), DEVICE).status == 200
+    assert fake.deleted == []
+
+
+def test_stow_refuses_a_part_whose_identifiers_are_repeated(world, trail, events) -> None:
+    # SOUTH's Study UID first, a fresh one second: Orthanc would keep the first, so nothing is uploaded.
+    _, fake, _, stow = world
+    new = StudySpec(seed="smuggled", patient_id="12345", slices=1, rows=8, columns=8)
+    part = insert_before(encode(instance(new, 0)), 0x0020000D, element(0x0020000D, "UI", SOUTH.study_uid))
+    resp = stow.handle(stow_request(*multipart(part)), DEVICE)
+    assert resp.status == 409 and not fake.uploaded
+    [failed] = json.loads(resp.body)["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [dicom_status.STORE_ERROR_CANNOT_UNDERSTAND]
+    [(_kind, details)] = [e for e in events if e[0] == "ambiguous-identifiers"]
+    assert details["clinic"] == "north" and details["study_uid"] == SOUTH.study_uid  # the copy Orthanc keeps
+    [record] = store_records(trail)
+    assert record["details"]["status"] == "0xC000" and "repeated" in record["outcome_description"]

@@ -19,6 +19,7 @@ from orthanc_stub import (
     FakeFindQuery,
     FakeReceivedInstance,
     FakeRestOutput,
+    FakeStoredInstance,
     OrthancException,
     OrthancStub,
     StubNotImplemented,
@@ -59,8 +60,8 @@ def adapter(orthanc: OrthancStub) -> ModuleType:
 
 # -- the stub itself ---------------------------------------------------------------------------------------
 def test_stub_raises_on_anything_not_stubbed(orthanc: OrthancStub) -> None:
-    with pytest.raises(StubNotImplemented, match=r"orthanc\.RegisterOnStoredInstanceCallback is not stubbed"):
-        _ = orthanc.RegisterOnStoredInstanceCallback
+    with pytest.raises(StubNotImplemented, match=r"orthanc\.RegisterStorageArea is not stubbed"):
+        _ = orthanc.RegisterStorageArea
     with pytest.raises(AttributeError, match="NEW_STUDY"):
         _ = orthanc.ChangeType.NEW_STUDY
     with pytest.raises(AttributeError, match="not stubbed"):
@@ -359,6 +360,33 @@ def test_cstore_filter_returns_the_handlers_status(adapter: ModuleType, orthanc:
     assert seen == [(b"DICM-bytes", "NORTH_CT")]
 
 
+@pytest.mark.parametrize(("origin", "name", "aet"), [("DICOM_PROTOCOL", "dicom", "NORTH_CT"),
+                                                   ("REST_API", "rest", ""), ("PLUGIN", "plugin", ""),
+                                                   ("WEB_DAV", "webdav", "")])
+def test_stored_instance_callback_names_the_origin(adapter: ModuleType, orthanc: OrthancStub, origin: str,
+                                                   name: str, aet: str) -> None:
+    seen: list[tuple[str, str, str, Any]] = []
+    adapter.register_stored_instance(lambda *args: seen.append((*args[:3], args[3]())))
+    [callback] = orthanc.stored_callbacks
+    callback(FakeStoredInstance(origin, "NORTH_CT", {"PatientID": "P1"}), "0a-b")
+    assert seen == [("0a-b", name, aet, {"PatientID": "P1"})]
+
+
+def test_stored_instance_callback_errors_are_logged(adapter: ModuleType, orthanc: OrthancStub,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*_: Any) -> None:
+        raise RuntimeError("store unavailable")
+
+    adapter.register_stored_instance(broken)
+    orthanc.stored_callbacks[0](FakeStoredInstance("DICOM_PROTOCOL", "NORTH_CT"), "0a-b")
+    assert "stored-instance check failed for Orthanc instance '0a-b'" in caplog.text
+
+
+def test_rest_api_delete_goes_to_orthanc(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    adapter.RestApi().delete("/instances/0a-b")
+    assert orthanc.deleted == ["/instances/0a-b"]
+
+
 def test_cstore_filter_fails_closed(adapter: ModuleType, orthanc: OrthancStub,
                                     caplog: pytest.LogCaptureFixture) -> None:
     def broken(_data: bytes, _aet: str) -> int:
@@ -476,7 +504,8 @@ def test_entry_script_only_wires(orthanc: OrthancStub, tmp_path: Path) -> None:
         assert {"/securepacs/login", "/securepacs/api/studies",
                 "/securepacs/dicom-web/(studies|series|instances)"} <= set(orthanc.rest_callbacks)
         # 4. DIMSE: one C-FIND and one C-MOVE handler, one C-STORE filter, all bound to the app
-        assert (len(orthanc.find_callbacks), len(orthanc.move_callbacks), len(orthanc.cstore_filters)) == (1, 1, 1)
+        assert (len(orthanc.find_callbacks), len(orthanc.move_callbacks), len(orthanc.cstore_filters),
+                len(orthanc.stored_callbacks)) == (1, 1, 1, 1)
         with pytest.raises(PermissionError):
             orthanc.find_callbacks[0](FakeFindAnswers(), FakeFindQuery([(0x0008, 0x0052, "STUDY")]), "EVIL",
                                       "SECUREPACS")

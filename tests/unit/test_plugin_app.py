@@ -100,6 +100,9 @@ class FakeRest:
     def post_bytes(self, uri: str, body: bytes) -> bytes:
         raise AssertionError(f"unexpected POST {uri} ({len(body)} bytes)")
 
+    def delete(self, uri: str) -> None:
+        raise AssertionError(f"unexpected DELETE {uri}")
+
     def lookup(self, level: str, uid: str) -> str | None:
         self.calls.append(("LOOKUP", f"{level}:{uid}"))
         return self.uids.get((level, uid))
