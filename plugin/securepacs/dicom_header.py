@@ -31,7 +31,7 @@ IDENTIFIER_TAGS = {
     0x0020000D: "StudyInstanceUID",
     0x0020000E: "SeriesInstanceUID",
 }
-_LAST_TAG = max(IDENTIFIER_TAGS)
+LAST_IDENTIFIER_TAG = max(IDENTIFIER_TAGS)
 _PREAMBLE = 128
 _MAGIC = b"DICM"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -57,8 +57,8 @@ def tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def out_of_order(tag: int, previous: int, where: str, read: dict[str, str]) -> AmbiguousHeader:
-    what = "repeated" if tag == previous else f"out of order (after {tag_name(previous)})"
+def out_of_order(tag: int, previous: int, where: str, read: dict[str, str], repeated: bool = False) -> AmbiguousHeader:
+    what = "repeated" if repeated or tag == previous else f"out of order (after {tag_name(previous)})"
     return AmbiguousHeader(f"element {tag_name(tag)} in the {where} is {what}: the data set is ambiguous", read)
 
 
@@ -117,7 +117,7 @@ def identifiers(data: bytes) -> dict[str, str] | None:
         tag, start, length = found
         if tag <= previous:
             raise out_of_order(tag, previous, "data set", values)
-        if tag > _LAST_TAG:
+        if tag > LAST_IDENTIFIER_TAG:
             break
         previous = tag
         if length == _UNDEFINED_LENGTH or start + length > len(data):
@@ -129,4 +129,7 @@ def identifiers(data: bytes) -> dict[str, str] | None:
                 return None
             values[keyword] = text
         pos = start + length
+    if len(values) < len(IDENTIFIER_TAGS):
+        # Not all five before the first later tag: one may still follow out of order (DCMTK would find it).
+        return None
     return values

@@ -87,18 +87,23 @@ _PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
 class _Ascending:
-    """pydicom ``stop_when`` hook: sees every top-level tag in order, refuses a repeat or a step back, and
-    stops before the pixel data (what ``stop_before_pixels`` does)."""
+    """pydicom ``stop_when`` hook that sees every top-level tag in order and stops before the pixel data
+    (what ``stop_before_pixels`` does). It refuses what the fast path refuses (a repeat or a step back up to
+    the identifiers) and, since pydicom keeps the last copy, a repeat of any element anywhere it reads (a
+    second Specific Character Set would change how the Patient ID decodes). A step back after the
+    identifiers names no element twice, so both readers see the same values: it is let through."""
 
     def __init__(self, where: str):
         self.where = where
         self.previous = -1
+        self.seen: set[int] = set()
 
     def __call__(self, tag: int, _vr: str | None, _length: int) -> bool:
         if tag in _PIXEL_DATA_TAGS:
             return True
-        if tag <= self.previous:
-            raise dicom_header.out_of_order(int(tag), self.previous, self.where, {})
+        if tag in self.seen or (tag <= self.previous <= dicom_header.LAST_IDENTIFIER_TAG):
+            raise dicom_header.out_of_order(int(tag), self.previous, self.where, {}, repeated=tag in self.seen)
+        self.seen.add(int(tag))
         self.previous = int(tag)
         return False
 

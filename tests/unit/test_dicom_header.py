@@ -181,3 +181,15 @@ def test_ordered_files_still_take_both_paths() -> None:
         data = encode(synth.instance(SPEC, 0), syntax)
         assert dicom_header.identifiers(data) is not None
         assert _parsed_ids(data)["StudyInstanceUID"] == SPEC.study_uid
+
+
+def test_an_identifier_after_the_walk_ends_is_left_to_pydicom_which_finds_it() -> None:
+    # Patient ID moved behind Rows: the fast walk stops at Rows without it, DCMTK (which sorts) still finds
+    # it; the fast path must not answer "no Patient ID", and the fallback reads the one copy there is.
+    ds = synth.instance(SPEC, 0)
+    data = encode(ds, ExplicitVRLittleEndian)
+    own = element(PATIENT, "LO", SPEC.patient_id)
+    at = data.index(own)
+    data = insert_before(data[:at] + data[at + len(own):], 0x00280010, own)
+    assert dicom_header.identifiers(data) is None
+    assert read_ids(data).patient_id == SPEC.patient_id
