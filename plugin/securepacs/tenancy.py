@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import data_element_generator, read_partial, read_preamble
 from pydicom.tag import Tag
 
@@ -117,16 +117,17 @@ def _check_meta_order(data: bytes) -> None:
 
 
 def _parsed_ids(data: bytes) -> dict[str, str]:
-    # pydicom keeps the last copy of a repeated element, DCMTK the first: walk the elements in order and
-    # refuse a repeat or a step back anywhere in the top level before the pixel data (the whole span pydicom
-    # reads), so the copy pydicom keeps is the only copy.
+    # pydicom keeps the last copy of a repeated element, DCMTK the first: watch the elements go by in order
+    # and refuse a repeat anywhere pydicom reads (the top level before the pixel data), so the copy pydicom
+    # keeps is the only copy, and a step back up to the identifiers, as the fast path does.
     try:
         _check_meta_order(data)
         ds = read_partial(io.BytesIO(data), _Ascending("data set"), force=True,
                           specific_tags=list(_IDENT_TAG_NUMBERS))
     except dicom_header.AmbiguousHeader as exc:
         raise AmbiguousIds(str(exc), exc.read) from None
-    except (InvalidDicomError, EOFError, ValueError, TypeError, OSError, struct.error) as exc:
+    except (InvalidDicomError, BytesLengthException, EOFError, ValueError, TypeError, OSError, struct.error,
+            NotImplementedError) as exc:  # pydicom's ways of saying "not DICOM I can read" (an unknown VR...)
         raise NotDicom(f"not a DICOM instance: {exc}") from None
 
     def text(keyword: str) -> str:

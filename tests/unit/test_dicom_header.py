@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import random
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,16 @@ def test_an_identifier_after_the_walk_ends_is_left_to_pydicom_which_finds_it() -
     data = insert_before(data[:at] + data[at + len(own):], 0x00280010, own)
     assert dicom_header.identifiers(data) is None
     assert read_ids(data).patient_id == SPEC.patient_id
+
+
+def test_a_damaged_header_is_refused_as_not_dicom_never_an_unexpected_error() -> None:
+    # Seeded byte flips in the meta and the identifiers: pydicom raises NotImplementedError (unknown VR) and
+    # BytesLengthException on some, which used to escape read_ids (a STOW-RS upload answered 500).
+    base = encode(synth.instance(SPEC, 0), ExplicitVRLittleEndian)
+    rng = random.Random(1)
+    for _ in range(600):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(128, 900)] = rng.randrange(256)
+        with contextlib.suppress(NotDicom):
+            read_ids(bytes(data))
