@@ -120,21 +120,20 @@ def _parsed_ids(data: bytes) -> dict[str, str]:
     # pydicom keeps the last copy of a repeated element, DCMTK the first: watch the elements go by in order
     # and refuse a repeat anywhere pydicom reads (the top level before the pixel data), so the copy pydicom
     # keeps is the only copy, and a step back up to the identifiers, as the fast path does.
+    def text(ds: Any, keyword: str) -> str:
+        value = ds.get(keyword, "")  # decoded here, lazily: a damaged value raises only now
+        return str(value).strip() if value is not None else ""
+
     try:
         _check_meta_order(data)
         ds = read_partial(io.BytesIO(data), _Ascending("data set"), force=True,
                           specific_tags=list(_IDENT_TAG_NUMBERS))
+        return {k: text(ds, k) for k in _IDENT_TAGS}
     except dicom_header.AmbiguousHeader as exc:
         raise AmbiguousIds(str(exc), exc.read) from None
     except (InvalidDicomError, BytesLengthException, EOFError, ValueError, TypeError, OSError, struct.error,
             NotImplementedError) as exc:  # pydicom's ways of saying "not DICOM I can read" (an unknown VR...)
         raise NotDicom(f"not a DICOM instance: {exc}") from None
-
-    def text(keyword: str) -> str:
-        value = ds.get(keyword, "")
-        return str(value).strip() if value is not None else ""
-
-    return {k: text(k) for k in _IDENT_TAGS}
 
 
 def read_ids(data: bytes) -> InstanceIds:
