@@ -45,7 +45,9 @@ CA_KEY_KIND = "rsa4096"
 LEAF_KEY_KIND = "rsa3072"
 
 MAX_CA_DAYS = 3650
-MAX_LEAF_DAYS = 825  # the longest leaf lifetime mainstream TLS stacks have accepted
+# Leaves live at most 365 days (+ CLOCK_SKEW): Mozilla's TLS profiles (and the CA/Browser Forum) cap a leaf
+# at 366 days from notBefore to notAfter. `serve` re-issues the server certificate 30 days before it expires.
+MAX_LEAF_DAYS = 365
 SERVER_RENEW_BEFORE = timedelta(days=30)
 # Certificates start a few minutes in the past so a peer whose clock runs slightly slow accepts them.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -505,6 +507,9 @@ class Pki:
                 cert.verify_directly_issued_by(load_cert(self.ca_cert_path))
             except (ValueError, TypeError, InvalidSignature):
                 return "not issued by the current CA"
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        if lifetime > timedelta(days=MAX_LEAF_DAYS) + CLOCK_SKEW:  # issued under an older, longer policy
+            return f"valid for {lifetime.days} days, longer than the {MAX_LEAF_DAYS}-day limit"
         left = cert.not_valid_after_utc - _now()
         if left < SERVER_RENEW_BEFORE:
             return f"expires {cert.not_valid_after_utc:%Y-%m-%d}, in less than {SERVER_RENEW_BEFORE.days} days"
@@ -525,7 +530,7 @@ class Pki:
             return "lacks serverAuth/clientAuth extended key usage"
         return None
 
-    def ensure_server(self, hostnames: Sequence[str], days: int = 397) -> bool:
+    def ensure_server(self, hostnames: Sequence[str], days: int = MAX_LEAF_DAYS) -> bool:
         """Issue the server certificate if missing, expiring soon or not covering ``hostnames``; True if written."""
         reason = self.server_renewal_reason(hostnames)
         if reason is None:
