@@ -560,8 +560,14 @@ class Pki:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         usage: str = "client",
+        move_host: str | None = None,
     ) -> ClinicBundle:
-        """Write the clinic's bundle directory; refuses if it exists, removes it again on any failure."""
+        """Write the clinic's bundle directory; refuses if it exists, removes it again on any failure.
+
+        With ``move_host`` (the clinic's C-MOVE destination) the certificate also serves the clinic's SCP:
+        serverAuth besides clientAuth, and ``move_host`` as SAN DNS name or IP address, which the egress
+        relay checks against the address it dials (``gateway.identity.check_destination``).
+        """
         directory = self.clinic_dir(clinic)
         aet_list = _sequence(aets, "aets")
         if not aet_list:
@@ -570,10 +576,13 @@ class Pki:
             aet_list = [validate_aet(a) for a in aet_list]
         except SettingsError as exc:
             raise PkiError(str(exc)) from None
+        dns, ips = split_hostnames([move_host]) if move_host is not None else ([], [])
+        if move_host is not None:
+            usage = "server+client"
         ca_key, ca_cert = self.load_ca()
         # All crypto first: a refused argument must not leave an empty directory behind.
         key, cert = make_cert(ca_key, ca_cert, clinic, usage=usage, uris=clinic_uris(clinic, aet_list),
-                              organization=CLINIC_ORGANIZATION, days=days,
+                              dns_names=dns, ip_addresses=ips, organization=CLINIC_ORGANIZATION, days=days,
                               not_before=not_before, not_after=not_after)
         passphrase = secrets.token_urlsafe(24)  # 192 random bits
         p12 = _pkcs12(clinic, key, cert, ca_cert, passphrase.encode("ascii"))

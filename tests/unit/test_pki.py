@@ -346,6 +346,24 @@ def test_issue_clinic_bundle(tmp_path: Path) -> None:
         pkcs12.load_pkcs12(b.p12_path.read_bytes(), b"wrong")
 
 
+def test_clinic_bundle_with_a_retrieve_address_also_serves_the_clinic_scp(tmp_path: Path) -> None:
+    p = Pki(tmp_path)
+    p.ensure_ca()
+    for host, dns, ips in (("10.1.2.3", [], [ipaddress.ip_address("10.1.2.3")]),
+                           ("PACS.North.example", ["pacs.north.example"], [])):
+        name = f"north{len(dns)}"
+        cert = pki.load_cert(p.issue_clinic(name, ["N"], days=30, move_host=host).cert_path)
+        assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH,
+                                                                ExtendedKeyUsageOID.CLIENT_AUTH]
+        san = ext(cert, x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == dns
+        assert san.get_values_for_type(x509.IPAddress) == ips
+        assert pki.clinic_identity(cert) == (name, ("N",))
+    with pytest.raises(PkiError, match=r"DNS name 'bad\.\.host' is invalid"):
+        p.issue_clinic("south", ["S"], move_host="bad..host")
+    assert not (tmp_path / "clinics" / "south").exists()
+
+
 def test_issue_clinic_refusals_leave_nothing(tmp_path: Path) -> None:
     p = Pki(tmp_path)
     with pytest.raises(PkiError, match="securepacs pki init"):
