@@ -1,4 +1,4 @@
-"""``securepacs clinic add|list|revoke``: enrol clinics and hand them their certificate bundle."""
+"""``securepacs clinic add|list|renew|revoke``: enrol clinics and hand them their certificate bundle."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import shlex
 
-from securepacs import clinics
+from securepacs import clinic_renewal, clinics
 from securepacs import settings as settings_mod
 from securepacs.audit import codes
 from securepacs.commands.audit_cmd import record_change
@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = ops.add_parser("list", help="table of clinics, AE titles, status and certificate expiry")
     p.set_defaults(func=guarded(_list))
+
+    p = ops.add_parser("renew", help="issue the clinic a new bundle (new key) for its current AE titles and retrieve "
+                                     "address: before it expires, or for a bundle its SCP cannot present")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--days", type=int, default=MAX_LEAF_DAYS, metavar="N",
+                   help=f"certificate lifetime in days (default and maximum {MAX_LEAF_DAYS})")
+    p.set_defaults(func=guarded(_renew))
 
     p = ops.add_parser("revoke", help="revoke a clinic: unregister its AE titles, list its certificate in the CRL")
     p.add_argument("name", metavar="NAME")
@@ -83,6 +90,25 @@ def _add(args: argparse.Namespace) -> int:
     record_change(codes.SECURITY_CONFIGURATION, f"clinic enrolled with AE title(s) {', '.join(clinic.aets)}",
                   f"clinic:{clinic.name}")
     print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
+    scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
+    _print_bundle(bundle, clinic.aets, settings, scp)
+    return 0
+
+
+def _renew(args: argparse.Namespace) -> int:
+    settings = settings_mod.from_env()
+    pki = Pki(settings.certs_dir)
+    store = open_store(settings.store_path)
+    try:
+        clinic, bundle, superseded = clinic_renewal.renew(store, pki, args.name, args.days)
+    finally:
+        store.close()
+    record_change(codes.SECURITY_CONFIGURATION, f"clinic certificate renewed (serial {bundle.serial})",
+                  f"clinic:{clinic.name}")
+    print(f"Renewed the certificate of clinic {clinic.name!r} (AE title(s) {', '.join(clinic.aets)})")
+    if superseded is not None:
+        print(f"Previous bundle moved to {superseded}; its certificate stays valid until it expires "
+              "(`securepacs clinic revoke` revokes all of the clinic's certificates).")
     scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
     _print_bundle(bundle, clinic.aets, settings, scp)
     return 0
