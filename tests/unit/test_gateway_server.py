@@ -63,13 +63,13 @@ class World:
         p = self.pki
         self.upstream = TestSCP(ssl_context=server_context(p.orthanc_internal.cert, p.orthanc_internal.key,
                                                            p.internal_ca)).start()
-        # Clinic M's retrieve SCP (egress destination): its certificate names clinic M.
-        self.clinic_m = p.clinic("clinicM", ["CLINICM"], usage="server+client")
+        # Clinic M's retrieve SCP (egress destination): its bundle names clinic M and the host it is at.
+        self.clinic_m = p.clinic("clinicM", ["CLINICM"], usage="server+client", ip_addresses=["127.0.0.1"])
         self.scp_m = TestSCP(ssl_context=server_context(self.clinic_m.cert, self.clinic_m.key, p.clinic_ca),
                              ae_title="CLINICM").start()
         enrol(self.store, self.clinic_m, "clinicM", ["CLINICM"], ("127.0.0.1", self.scp_m.port))
         # Clinic N's registered address answers with clinic A's certificate: an impostor.
-        impostor = p.clinic("impostor", ["CLINICA"], usage="server+client",
+        impostor = p.clinic("impostor", ["CLINICA"], usage="server+client", ip_addresses=["127.0.0.1"],
                             uris=["urn:securepacs:clinic:clinicA"])
         self.scp_n = TestSCP(ssl_context=server_context(impostor.cert, impostor.key, p.clinic_ca),
                              ae_title="CLINICN").start()
