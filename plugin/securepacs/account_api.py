@@ -30,7 +30,9 @@ ADMIN = "admin"
 MAX_BODY = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store"}  # answers carrying tokens, passwords or TOTP secrets
 _CLEAR_COOKIE = f"{SESSION_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"
-_USER = r"([^/]+)"  # validated by the handler, so a bad name gets a message rather than a 404
+_USER = r"([^/]+)"
+TOTP_REMOVAL = ("removing the second factor needs the password and a current code: expected POST "
+                '/securepacs/api/me/totp/remove with {"password": ..., "code": ...}')  # validated by the handler, so a bad name gets a message rather than a 404
 
 
 def _iso(epoch: float) -> str:
@@ -70,6 +72,7 @@ def _refusal(exc: AccountError) -> Response:
     if isinstance(exc, TotpRequired):
         body["totp_required"] = True  # lets a login form ask for the code without parsing the message
     if isinstance(exc, Throttled):
+        body["retry_after"] = exc.retry_after
         return Response.json(body, exc.status, {"Retry-After": str(exc.retry_after)})
     return Response.json(body, exc.status)
 
@@ -155,12 +158,8 @@ class AccountApi:
     def totp(self, req: Request, principal: Principal | None) -> Response:
         assert principal is not None
         if req.method == "DELETE":
-            # Password and current code: whoever holds only the session cannot downgrade the account.
-            body = _json_body(req, {"password", "code"}, {"password", "code"})
-            self._accounts.disable_totp(principal.name, body["password"], body["code"], req.client_ip)
-            return Response.json({"totp": False, "message": "second factor removed; every session of this account "
-                                                            "has ended: log in again"},
-                                 headers={"Set-Cookie": _CLEAR_COOKIE})
+            # Removal needs the password and a current code, and Orthanc passes no body with a DELETE.
+            raise AccountError(TOTP_REMOVAL)
         body = _json_body(req, {"password"}, {"password"})
         enrolment = self._accounts.begin_totp(principal.name, body["password"], req.client_ip)
         return Response.json({
@@ -170,6 +169,15 @@ class AccountApi:
             "next": "add the secret to an authenticator app, then POST /securepacs/api/me/totp/confirm with "
                     '{"code": "<6 digits>"}',
         }, headers=NO_STORE)
+
+    def totp_remove(self, req: Request, principal: Principal | None) -> Response:
+        """Password and a current code: whoever holds only the session cannot downgrade the account."""
+        assert principal is not None
+        body = _json_body(req, {"password", "code"}, {"password", "code"})
+        self._accounts.disable_totp(principal.name, body["password"], body["code"], req.client_ip)
+        return Response.json({"totp": False, "message": "second factor removed; every session of this account "
+                                                        "has ended: log in again"},
+                             headers={"Set-Cookie": _CLEAR_COOKIE})
 
     def totp_confirm(self, req: Request, principal: Principal | None) -> Response:
         assert principal is not None
@@ -235,6 +243,7 @@ def routes(accounts: Accounts, store: Store) -> list[tuple[str, str, Handler]]:
         ("/securepacs/api/me/password", ("POST",), AUTHENTICATED, api.change_password),
         ("/securepacs/api/me/totp", ("POST", "DELETE"), AUTHENTICATED, api.totp),
         ("/securepacs/api/me/totp/confirm", ("POST",), AUTHENTICATED, api.totp_confirm),
+        ("/securepacs/api/me/totp/remove", ("POST",), AUTHENTICATED, api.totp_remove),
         ("/securepacs/api/users", ("GET", "POST"), ADMIN, api.users),
         (f"/securepacs/api/users/{_USER}", ("GET",), ADMIN, api.user),
         (f"/securepacs/api/users/{_USER}/(disable|enable|reset-password|unlock)", ("POST",), ADMIN, api.user_action),

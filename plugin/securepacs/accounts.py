@@ -387,7 +387,7 @@ class Accounts:
         user = self._verified(username, password, client_ip, "TOTP enrolment")
         if user.totp_secret is not None:
             raise AccountError(f"user {user.username!r} already has a second factor: expected none (remove it "
-                               "first with DELETE /securepacs/api/me/totp)")
+                               "first with POST /securepacs/api/me/totp/remove)")
         secret = totp.new_secret()
         expires = self._clock() + PENDING_TOTP_SECONDS
         with self._lock:

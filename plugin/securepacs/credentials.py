@@ -50,7 +50,9 @@ class Throttled(LoginFailed):
     Says nothing about the account (unknown names are throttled alike), so it may differ from
     :data:`LOGIN_FAILED`; the client learns when to try again."""
 
-    status = 429
+    # 403, not 429: Orthanc 1.10's plugin API refuses to send 429 ("Parameter out of range"). nginx's own
+    # request-rate limit in front answers 429; this one names the wait in the body and in Retry-After.
+    status = 403
 
     def __init__(self, retry_after: float):
         self.retry_after = max(1, int(retry_after + 0.999))

@@ -531,7 +531,7 @@ def test_one_address_is_throttled_before_it_can_lock_an_account(accounts: Accoun
     for _ in range(50):
         with pytest.raises(Throttled) as info:
             accounts.login("alice", "Wrong-password-1", None, ATTACKER)
-        assert info.value.status == 429 and info.value.retry_after == 60
+        assert info.value.status == 403 and info.value.retry_after == 60
         assert accounts.authenticate("GET", basic("alice", "Wrong-password-1"), ATTACKER).reason.startswith(
             THROTTLED)
     user = store.get_user("alice")
