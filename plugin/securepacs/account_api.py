@@ -30,9 +30,9 @@ ADMIN = "admin"
 MAX_BODY = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store"}  # answers carrying tokens, passwords or TOTP secrets
 _CLEAR_COOKIE = f"{SESSION_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"
-_USER = r"([^/]+)"
+_USER = r"([^/]+)"  # validated by the handler, so a bad name gets a message rather than a 404
 TOTP_REMOVAL = ("removing the second factor needs the password and a current code: expected POST "
-                '/securepacs/api/me/totp/remove with {"password": ..., "code": ...}')  # validated by the handler, so a bad name gets a message rather than a 404
+                '/securepacs/api/me/totp/remove with {"password": ..., "code": ...}')
 
 
 def _iso(epoch: float) -> str:
