@@ -26,8 +26,6 @@ and to anybody else they look exactly like an unknown user name.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import logging
 import secrets
 import threading
@@ -50,6 +48,7 @@ from securepacs.credentials import (
     TOUCH_SECONDS,
     AuthEvent,
     AuthResult,
+    CredentialCache,
     LoginFailed,
     LoginResult,
     Throttled,
@@ -116,8 +115,7 @@ class Accounts:
         self._on_event: AuthEvent = on_event or (lambda *_args: None)
         self.settings = settings or AccountSettings()
         self._clock = clock
-        self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache = CredentialCache(self.settings.auth_cache_seconds)
         self._pending_totp: dict[str, tuple[str, float]] = {}
         # Last accepted TOTP step per user: a code cannot be replayed. In memory: only the plugin process
         # checks codes, and after a restart the window of a captured code has long passed.
@@ -187,12 +185,10 @@ class Accounts:
             self._address_failure(username, client_ip, now)
             self._on_event("basic", username, client_ip, False, "account locked")
             return AuthResult(None, f"user {username!r} is locked after repeated failed logins")
-        digest = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
-        if not self._cached(digest, user, now):
-            if not passwords.verify_password(password, user.password_hash):
-                self._failure(user, client_ip, "HTTP Basic")
-                return AuthResult(None, NO_CREDENTIALS)
-            self._remember(digest, user, now)
+        if not self._cache.verified(username, password, user.password_hash, now,
+                                    lambda: passwords.verify_password(password, user.password_hash)):
+            self._failure(user, client_ip, "HTTP Basic")
+            return AuthResult(None, NO_CREDENTIALS)
         if user.failed_logins:
             self._store.clear_login_failures(user.username)
         self._throttle.success(client_ip, username)
@@ -201,30 +197,14 @@ class Accounts:
     def _service_basic(self, user: User, password: str, client_ip: str, now: float) -> AuthResult:
         """A service account on an internal request: checked, cached, audited when wrong — never locked or
         throttled (its password is 128 random bits; a lockout would only let others switch it off)."""
-        digest = hmac.new(self._cache_key, f"{user.username}\0{password}".encode(), hashlib.sha256).digest()
-        if not self._cached(digest, user, now):
-            if not passwords.verify_password(password, user.password_hash):
-                log.warning("authentication of service account %r from %r failed: wrong password (service "
-                            "accounts do not lock)", user.username, client_ip)
-                self._on_event("basic", user.username, client_ip, False,
-                               "wrong password for a service account (not counted towards a lockout)")
-                return AuthResult(None, NO_CREDENTIALS)
-            self._remember(digest, user, now)
+        if not self._cache.verified(user.username, password, user.password_hash, now,
+                                    lambda: passwords.verify_password(password, user.password_hash)):
+            log.warning("authentication of service account %r from %r failed: wrong password (service "
+                        "accounts do not lock)", user.username, client_ip)
+            self._on_event("basic", user.username, client_ip, False,
+                           "wrong password for a service account (not counted towards a lockout)")
+            return AuthResult(None, NO_CREDENTIALS)
         return self._accept(user, "basic")
-
-    def _cached(self, digest: bytes, user: User, now: float) -> bool:
-        with self._lock:
-            hit = self._cache.get(digest)
-        # Valid only while the stored hash is unchanged: a password change takes effect at once.
-        return hit is not None and hit[1] > now and hit[0] == user.password_hash
-
-    def _remember(self, digest: bytes, user: User, now: float) -> None:
-        if not self.settings.auth_cache_seconds:
-            return
-        with self._lock:
-            if len(self._cache) > 10_000:  # bound memory; the next requests just pay scrypt again
-                self._cache.clear()
-            self._cache[digest] = (user.password_hash, now + self.settings.auth_cache_seconds)
 
     def _session(self, token: str, scheme: str, method: str, headers: Mapping[str, str]) -> AuthResult:
         if not TOKEN_RE.match(token):

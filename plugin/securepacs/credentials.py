@@ -7,7 +7,10 @@ readable module; nothing here touches the store.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
+import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -106,3 +109,35 @@ def session_token(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
         return (value.strip() or None, "bearer") if scheme.lower() == "bearer" else (None, None)
     token = cookie_value(headers.get("cookie", ""), SESSION_COOKIE)
     return (token, "cookie") if token else (None, None)
+
+
+class CredentialCache:
+    """HTTP Basic credentials verified in the last ``seconds``: scrypt costs ~0.1 s, and API clients send
+    the password on every request. Keyed by an HMAC of name and password under a per-process random key
+    (the cache never holds a reusable password digest); an entry counts only while the stored hash is
+    unchanged, so a password change takes effect at once."""
+
+    MAX_ENTRIES = 10_000  # bound memory; past it, the next requests just pay scrypt again
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+        self._key = secrets.token_bytes(32)
+        self.entries: dict[bytes, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def verified(self, username: str, password: str, password_hash: str, now: float,
+                 check: Callable[[], bool]) -> bool:
+        """True if this credential was verified recently, else whatever ``check()`` (scrypt) says."""
+        digest = hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+        with self._lock:
+            hit = self.entries.get(digest)
+        if hit is not None and hit[1] > now and hit[0] == password_hash:
+            return True
+        if not check():
+            return False
+        if self.seconds:
+            with self._lock:
+                if len(self.entries) > self.MAX_ENTRIES:
+                    self.entries.clear()
+                self.entries[digest] = (password_hash, now + self.seconds)
+        return True

@@ -371,7 +371,7 @@ def test_cached_credential_of_one_user_does_not_serve_another(
 
 def test_cache_holds_no_password(auth: HttpAuthenticator) -> None:
     auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
-    cache = auth._accounts._cache
+    cache = auth._accounts._cache.entries
     assert len(cache) == 1
     assert not any(ADMIN_PW.encode() in key for key in cache)
     assert not any(ADMIN_PW in value[0] for value in cache.values())
