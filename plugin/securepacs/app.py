@@ -28,7 +28,7 @@ from securepacs.accounts import Accounts, AccountSettings
 from securepacs.audit import AuditTrail, codes
 from securepacs.audit_api import AuditApi
 from securepacs.auditing import Auditor
-from securepacs.http_auth import HTTP_METHODS, HttpAuthenticator
+from securepacs.http_auth import FORGED, HTTP_METHODS, NOT_INTERNAL, HttpAuthenticator
 from securepacs.identity import CLINIC_DEVICE, GATEWAY, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
 from securepacs.move import MoveRefused, MoveService
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 AnyHandler = Callable[[Request, Principal | None], Response]
 # Orthanc's HTTP port listens on loopback only (RemoteAccessAllowed false): every request to a plugin
-# route comes through nginx, whose client-address header the routes may therefore trust.
+# route comes from this host, through nginx (which adds its secret) or from a local service.
 PROXY_PEER = "127.0.0.1"
 AET_CACHE_SECONDS = 1.0
 
@@ -81,6 +81,7 @@ class SecurePacsApp:
             self.policy.decide,
             trusted_proxies=config.trusted_proxies,
             client_ip_header=config.client_ip_header,
+            proxy_secret=config.proxy_secret,
         )
         self.modalities = ModalitySync(self.store, modality_api, config.move_relay_port, config.dicom_tls)
         self.queries = dicom_query.QueryEngine(rest, study_uids=self.store.study_uids_of)
@@ -183,7 +184,7 @@ class SecurePacsApp:
             (r"/securepacs/api/studies", "authenticated", self.study_list),
             (r"/securepacs/dicom-web/(studies|series|instances)", "authenticated", self.dicomweb),
             (r"/securepacs/api/clinics", "admin", self.clinic_list),
-            (OWNERSHIP_URI, "authenticated", self.ownership),
+            (OWNERSHIP_URI, "internal", self.ownership),
             (r"/securepacs/api/audit", "authenticated", self.audit_api.handle),
         ]
         return [(pattern, self.bind(handler, access))
@@ -194,11 +195,17 @@ class SecurePacsApp:
         Orthanc does not pass the filter's result on (the credential cache makes this cheap)."""
 
         def serve(req: Request) -> Response:
-            ip = self.auth.client_ip(PROXY_PEER, req.headers)
+            origin = self.auth.origin(PROXY_PEER, req.headers)
+            if origin.forged:
+                return Response.error(403, FORGED)
+            if access == "internal" and not origin.internal:  # the filter refused it already; defence in depth
+                return Response.error(403, NOT_INTERNAL)
+            ip = origin.client_ip
             req = dataclasses.replace(req, client_ip=ip)
             # Anonymous routes (login) do not look at credentials: a stray wrong Basic header on a login
             # request must not count towards the account's lockout.
-            principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip)
+            principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip,
+                                                                                internal=origin.internal)
             if principal is None and access != "anonymous":
                 return Response.error(403, "authentication required")
             return handler(req, principal)

@@ -12,6 +12,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import sysconfig
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from securepacs.audit import create_checkpoint_key
 from securepacs.identity import GATEWAY
 from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
+from securepacs.plugin_config import PROXY_SECRET_HEADER
 from securepacs.settings import Settings
 from securepacs.store import Store
 
@@ -35,7 +37,9 @@ PYTHON_PLUGIN = Path(os.environ.get("SECUREPACS_PYTHON_PLUGIN", "/usr/share/orth
 DICOMWEB_PLUGIN = Path(os.environ.get("SECUREPACS_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 CLIENT_IP_HEADER = "X-SecurePACS-Client-IP"
 ADMIN_USER = "admin"
-GATEWAY_USER = "gateway"
+# The gateway's service account is called GATEWAY_USER_PREFIX + 12 random hex digits: a name nobody outside
+# can guess (so nobody can even aim at it), kept with its password in the gateway's credential file.
+GATEWAY_USER_PREFIX = "svc-gateway-"
 
 
 class DeployError(RuntimeError):
@@ -139,22 +143,57 @@ def ensure_audit_key(path: Path, owner: pwd.struct_passwd | None) -> bool:
     return True
 
 
+def _credential_user(path: Path) -> str | None:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    fields = dict(line.split(": ", 1) for line in lines if ": " in line)
+    return fields.get("username") if fields.get("password") else None
+
+
 def ensure_gateway_account(store: Store, credential_path: Path, owner: pwd.struct_passwd | None) -> bool:
     """The gateway's service account (role ``gateway``: may only ask the plugin who owns what).
 
-    Its password is generated, kept only in a 0600 file the gateway reads, and replaced on every start
-    when the file is missing, so nobody ever needs to know it.
+    Its name has a random suffix and its password is generated; both are kept only in a 0600 file the
+    gateway reads. Idempotent: while the file names an existing gateway account, nothing changes. Otherwise
+    (first start, file removed, or an earlier version's fixed ``gateway`` name) a new account is created,
+    the file rewritten, and every other gateway-role account disabled (the store keeps accounts; a disabled
+    service account can do nothing). Returns True when it changed anything.
     """
-    user = store.get_user(GATEWAY_USER)
-    if user is not None and credential_path.exists():
-        return False
-    password = user_admin.generate_password(GATEWAY_USER)
-    _write(credential_path, f"username: {GATEWAY_USER}\npassword: {password}\n", mode=0o600, owner=owner)
-    if user is None:
-        store.add_user(GATEWAY_USER, passwords.hash_password(password), GATEWAY)
+    gateways = {u.username for u in store.list_users() if u.role == GATEWAY and not u.disabled}
+    named = _credential_user(credential_path)
+    if named is not None and named in gateways and named.startswith(GATEWAY_USER_PREFIX):
+        stale = gateways - {named}
     else:
-        store.set_password(GATEWAY_USER, passwords.hash_password(password))
-    return True
+        named = GATEWAY_USER_PREFIX + secrets.token_hex(6)
+        password = user_admin.generate_password(named)
+        store.add_user(named, passwords.hash_password(password), GATEWAY)
+        _write(credential_path, f"username: {named}\npassword: {password}\n", mode=0o600, owner=owner)
+        stale = gateways
+    for old in sorted(stale):
+        store.set_disabled(old, True)
+        log.info("gateway service account %r replaced by %r and disabled", old, named)
+    return named not in gateways or bool(stale)
+
+
+def ensure_proxy_secret(directory: Path, owner: pwd.struct_passwd | None) -> tuple[Path, Path]:
+    """nginx's per-deployment secret: ``secret`` (read by the plugin) and ``nginx.conf`` (the header line nginx
+    includes). Generated once and kept, so separately prepared components (compose) agree; both files 0600
+    for the service user (nginx's master reads its configuration as root, or as that user in compose).
+    Remove the directory and restart everything to replace it."""
+    _mkdir(directory, 0o700, owner)
+    secret_path, conf_path = directory / "secret", directory / "nginx.conf"
+    secret = secret_path.read_text(encoding="ascii").strip() if secret_path.exists() else ""
+    if not secret:
+        secret = secrets.token_urlsafe(32)
+        _write(secret_path, secret + "\n", mode=0o600, owner=owner)
+    _write(conf_path, f'proxy_set_header {PROXY_SECRET_HEADER} "{secret}";\n', mode=0o600, owner=owner)
+    return secret_path, conf_path
+
+
+def proxy_dir(s: Settings) -> Path:
+    return s.data_dir / "proxy"
 
 
 def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str, Any]:
@@ -187,6 +226,7 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
             "AuditCheckpointKey": str(s.audit_key_path),
             "TrustedProxies": ["127.0.0.1", "::1"],
             "ClientIpHeader": CLIENT_IP_HEADER,
+            "ProxySecretFile": str(proxy_dir(s) / "secret"),
             "MoveRelayPort": s.egress_port,
             **({"SessionIdleSeconds": s.session_idle_seconds} if s.session_idle_seconds else {}),
             **({"InternalHop": "plain"} if s.internal_hop == "plain" else {}),
@@ -222,6 +262,7 @@ def render_nginx(s: Settings, pki: Pki, nginx_dir: Path, users: ServiceUsers) ->
         "server_cert": pki.server_cert_path,
         "server_key": pki.server_key_path,
         "client_ip_header": CLIENT_IP_HEADER,
+        "proxy_secret_conf": proxy_dir(s) / "nginx.conf",
     }
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", str(value))
@@ -280,6 +321,7 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
         ensure_gateway_account(store, s.gateway_credential_path, users.orthanc)
     finally:
         store.close()
+    ensure_proxy_secret(proxy_dir(s), users.orthanc)
 
     config_dir = _mkdir(s.data_dir / "config", 0o750, users.orthanc)
     _write(config_dir / "00-base.json", base_config_text(s), owner=users.orthanc)

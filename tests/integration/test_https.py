@@ -289,11 +289,13 @@ def test_nginx_overwrites_a_client_supplied_ip_header(archive, clinic_a):
     assert status == 200
     try:
         if archive.kind == "native":
-            # Control: from a trusted peer (loopback) the plugin does take the header's value, so a header
-            # passed through by nginx would show up in the log line.
+            # Control: with nginx's proxy secret (from loopback) the plugin does take the header's value, so a
+            # header passed through by nginx would show up in the log line.
             control = uuid.uuid4().hex
+            secret = (archive.data_dir / "proxy" / "secret").read_text().strip()
             status, _ = plain_http(
-                "127.0.0.1", archive.http_port, f"/patients/{control}", {CLIENT_IP_HEADER: "203.0.113.78"}
+                "127.0.0.1", archive.http_port, f"/patients/{control}",
+                {CLIENT_IP_HEADER: "203.0.113.78", "X-SecurePACS-Proxy-Secret": secret},
             )
             assert status in REFUSED
             assert _logged_client_ip(archive, control) == "203.0.113.78"

@@ -3,11 +3,14 @@
 The plugin knows who owns what (``securepacs.tenancy``); the gateway only knows the clinic on the wire.
 So for each C-GET the gateway calls the plugin over loopback HTTP:
 
-    POST /securepacs/internal/ownership          (HTTP Basic: the ``gateway`` service account)
+    POST /securepacs/internal/ownership          (HTTP Basic: the gateway's service account, svc-gateway-...)
     Content-Type: application/json
     {"clinic": "north", "level": "STUDY",
      "keys": {"StudyInstanceUID": ["1.2.3", ...], "SeriesInstanceUID": [...], "SOPInstanceUID": [...],
               "PatientID": [...]}}
+
+The request goes straight to Orthanc's loopback HTTP port and carries no proxy headers: the plugin accepts
+the service account, and this route, only on such internal requests (never through nginx).
 
 ``level`` is PATIENT, STUDY, SERIES or IMAGE; ``keys`` holds only the keys present in the identifier, each
 a non-empty list (PatientID only at PATIENT level). The answer is ``200`` with
