@@ -134,7 +134,8 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
 
     def other_ca_credentials() -> tuple[Path, Path]:
         ca_key, ca_cert = pki.make_ca("Not The Archive's CA", days=30, key=pki.generate_key("rsa3072"))
-        key, cert = pki.make_cert(ca_key, ca_cert, "auditA", usage="client", days=30,
+        # A day inside the CA's lifetime: equal lifetimes end after the CA when a second ticks in between.
+        key, cert = pki.make_cert(ca_key, ca_cert, "auditA", usage="client", days=29,
                                   uris=pki.clinic_uris("auditA", ["AUDITA"]), organization=pki.CLINIC_ORGANIZATION,
                                   key=pki.generate_key("rsa3072"))
         pki.write_key(tmp_path / "rogue.key", key)
