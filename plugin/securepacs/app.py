@@ -155,7 +155,8 @@ class SecurePacsApp:
         destination = self.audit.dicom_peer(request.get("TargetAET") or "unknown", None)
         requestor = dataclasses.replace(self.audit.dicom_peer(caller, None), is_requestor=True)
         level = (request.get("Level") or "").upper()
-        via = f"C-MOVE by {caller} at {'IMAGE' if level == 'INSTANCE' else level} level"  # DICOM's name (Orthanc's)
+        # DICOM calls the level IMAGE; Orthanc passes INSTANCE.
+        via = f"C-MOVE by {caller} at {'IMAGE' if level == 'INSTANCE' else level} level"
         plan: MovePlan | None = None
         studies: list[StudyRef] = []
         try:
@@ -166,8 +167,8 @@ class SecurePacsApp:
             self.moves.send(plan, request)
         except MoveRefused as exc:
             log.warning("C-MOVE refused: %s", exc)
-            # Refused before planning: name only what the request itself said (nothing is resolved for
-            # resources that may be another clinic's).
+            # Planned: the resolved studies. Refused while planning: only what the request itself said
+            # (nothing is resolved for resources that may be another clinic's).
             named = ([s.uid for s in studies] if plan is not None else
                      [uid for uid in (request.get("StudyInstanceUID") or "").split("\\") if uid.strip()])
             self.audit.retrieved(destination, named, via=via, outcome=codes.OUTCOME_SERIOUS_FAILURE,
