@@ -5,14 +5,30 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import shlex
+import sys
 
-from securepacs import clinic_renewal, clinics
+from securepacs import clinic_renewal, clinics, modalities
 from securepacs import settings as settings_mod
 from securepacs.audit import codes
 from securepacs.commands.audit_cmd import record_change
 from securepacs.commands.pki_cmd import guarded, open_store
+from securepacs.gateway.config import GatewayConfig
 from securepacs.pki import MAX_LEAF_DAYS, ClinicBundle, Pki
 from securepacs.settings import Settings
+from securepacs.store import Store
+
+ENROL_WAIT_SECONDS = 15.0
+EXIT_NOT_CONFIRMED = 1
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds 0-3600 (0: do not wait)")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--port", type=int, metavar="PORT", help="C-MOVE destination port of the clinic (with --host)")
     p.add_argument("--days", type=int, default=MAX_LEAF_DAYS, metavar="N",
                    help=f"certificate lifetime in days (default and maximum {MAX_LEAF_DAYS})")
+    p.add_argument("--wait", type=_wait_seconds, default=ENROL_WAIT_SECONDS, metavar="SECONDS",
+                   help="when the archive is running, return only once it accepts the new AE titles, waiting at "
+                        f"most this long (default {ENROL_WAIT_SECONDS:g}, 0 = do not wait; exit status 1 if it did "
+                        "not confirm in time). A stopped archive registers them when it starts: no wait then")
     p.set_defaults(func=guarded(_add))
 
     p = ops.add_parser("list", help="table of clinics, AE titles, status and certificate expiry")
@@ -85,14 +105,15 @@ def _add(args: argparse.Namespace) -> int:
     try:
         clinic, bundle = clinics.enrol(store, pki, args.name, args.aet, args.host, args.port, args.days,
                                        reserved_aets=(settings.aet,))
+        generation = store.generation()
+        record_change(codes.SECURITY_CONFIGURATION, f"clinic enrolled with AE title(s) {', '.join(clinic.aets)}",
+                      f"clinic:{clinic.name}")
+        print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
+        scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
+        _print_bundle(bundle, clinic.aets, settings, scp)
+        return _await_registration(store, generation, clinic.aets, getattr(args, "wait", ENROL_WAIT_SECONDS))
     finally:
         store.close()
-    record_change(codes.SECURITY_CONFIGURATION, f"clinic enrolled with AE title(s) {', '.join(clinic.aets)}",
-                  f"clinic:{clinic.name}")
-    print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
-    scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
-    _print_bundle(bundle, clinic.aets, settings, scp)
-    return 0
 
 
 def _renew(args: argparse.Namespace) -> int:
@@ -112,6 +133,25 @@ def _renew(args: argparse.Namespace) -> int:
     scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
     _print_bundle(bundle, clinic.aets, settings, scp)
     return 0
+
+
+def _await_registration(store: Store, generation: int, aets: tuple[str, ...], wait: float) -> int:
+    """Return only when the clinic can associate: the plugin has pushed this enrolment into Orthanc's
+    modalities, and the gateway (which re-reads the store at most every refresh interval) has seen it."""
+    names = ", ".join(aets)
+    if wait <= 0:
+        print(f"Not waiting for the archive (--wait 0): AE title(s) {names} are accepted within seconds.")
+        return 0
+    result = modalities.await_registration(store, generation, wait, settle=GatewayConfig.refresh_interval + 0.2)
+    if result.state == modalities.APPLIED:
+        print(f"The running archive accepts AE title(s) {names} now.")
+        return 0
+    if result.state == modalities.NOT_RUNNING:
+        print(f"The archive is not running: it registers AE title(s) {names} when it starts.")
+        return 0
+    print(f"securepacs: warning: clinic enrolled, but the running archive did not confirm AE title(s) {names} "
+          f"within {result.waited:.0f} s: check its log for 'modality sync failed'", file=sys.stderr)
+    return EXIT_NOT_CONFIRMED
 
 
 def _list(args: argparse.Namespace) -> int:
