@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from securepacs import nginx_log
 from securepacs.deploy import Prepared
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,10 @@ class Archive:
                 if "orthanc" not in self.components:
                     # Separate service: wait for Orthanc (same network namespace) before serving.
                     wait_healthy(self._internal_health_url(), [])
-                self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True)
+                # Its error log names requests with their query strings (patient data in QIDO searches):
+                # read it through the redactor, as the access log format drops them.
+                self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True, stderr=subprocess.PIPE)
+                nginx_log.forward(self.nginx.stderr, sys.stderr.buffer)
                 report = wait_healthy(
                     f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
                     [p for p in (self.orthanc, self.gateway, self.nginx) if p],
