@@ -300,7 +300,7 @@ def test_the_audit_trail_is_configured_with_its_key_outside_the_trail(settings: 
                                                                        tmp_path: Path) -> None:
     cfg = deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")["SecurePACS"]
     assert cfg["AuditTrail"] == str(settings.data_dir / "audit" / "trail.jsonl")
-    assert cfg["AuditCheckpointKey"] == str(settings.certs_dir / "audit" / "checkpoint.key")
+    assert "AuditCheckpointKey" not in cfg  # Orthanc must not hold the key: the audit signer (own uid) does
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
     full = {**base, **deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")}
     assert plugin_config.parse(full).audit_trail == settings.audit_trail_path
