@@ -113,7 +113,7 @@ def gateway_account(archive) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def proxy_secret(archive) -> str:
-    path = archive.data_dir / "proxy" / "secret"
+    path = archive.certs_dir / "proxy" / "secret"
     # (A stand-in where there is none, so that the tests still show what such an archive does.)
     return path.read_text().strip() if path.exists() else "no-proxy-secret-file-" + "0" * 22
 

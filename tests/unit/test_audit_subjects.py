@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_plugin_app import ADMIN_PW, PHYSICIAN_PW, SPEC, FakeRest, FakeSystem, admit_to_orthanc, basic, dicom_bytes
+from test_plugin_app import (
+    ADMIN_PW,
+    PHYSICIAN_PW,
+    PROXY_SECRET,
+    SPEC,
+    FakeRest,
+    FakeSystem,
+    admit_to_orthanc,
+    basic,
+    dicom_bytes,
+)
 from test_plugin_modalities import FakeModalityApi
 
 from securepacs import passwords
@@ -52,7 +62,8 @@ def app(tmp_path: Path, rest: ToolsRest) -> Iterator[SecurePacsApp]:
     key = tmp_path / "certs" / "audit" / "checkpoint.key"
     create_checkpoint_key(key)
     config = PluginConfig(store_path=tmp_path / "data" / "securepacs.db",
-                          audit_trail=tmp_path / "data" / "audit" / "trail.jsonl", audit_checkpoint_key=key)
+                          audit_trail=tmp_path / "data" / "audit" / "trail.jsonl", audit_checkpoint_key=key,
+                          proxy_secret=PROXY_SECRET)
     a = SecurePacsApp(config, rest, FakeModalityApi(), FakeSystem())
     a.store.add_user("alice", passwords.hash_password(ADMIN_PW, n=2**10), "admin")
     a.store.add_user("gw", passwords.hash_password(GATEWAY_PW, n=2**10), GATEWAY)
@@ -89,11 +100,13 @@ def objects(record: dict) -> set[str]:
 
 def post(uri: str, body: object, user: str = "alice", password: str = ADMIN_PW) -> Request:
     return Request(method="POST", uri=uri, groups=(), get={}, body=json.dumps(body).encode(),
-                   headers={**basic(user, password), "x-securepacs-client-ip": "198.51.100.9"})
+                   headers={**basic(user, password), "x-securepacs-client-ip": "198.51.100.9",
+                            "x-securepacs-proxy-secret": PROXY_SECRET})
 
 
 def test_wado_uri_by_object_alone_names_the_study_holding_it(app: SecurePacsApp, north: dict[str, str]) -> None:
-    doc = {**basic("doc", PHYSICIAN_PW), "x-securepacs-client-ip": "203.0.113.7"}
+    doc = {**basic("doc", PHYSICIAN_PW), "x-securepacs-client-ip": "203.0.113.7",
+           "x-securepacs-proxy-secret": PROXY_SECRET}  # through nginx: its client-IP header counts
     assert app.filter_http("/wado", 1, "127.0.0.1", doc, {"requestType": "WADO", "objectUID": north["sop"]})
     record = records(app)[-1]
     assert (record["event"]["code"], objects(record)) == ("110103", {north["study_uid"]})

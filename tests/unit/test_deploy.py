@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import deploy, passwords, plugin_config, user_admin
+from securepacs import deploy, gateway_account, passwords, plugin_config, user_admin
 from securepacs.deploy import DeployError, ServiceUsers
 from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
@@ -287,7 +287,7 @@ def test_gateway_account_is_created_once_with_a_private_credential(tmp_path: Pat
     try:
         path = tmp_path / "gateway" / "credential.txt"
         path.parent.mkdir()
-        assert deploy.ensure_gateway_account(store, path, None) is True
+        assert gateway_account.ensure_gateway_account(store, path, None) is True
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         fields = _credential(path)
         # Not guessable: a random suffix (48 bits) after the prefix, kept in the credential file.
@@ -295,10 +295,10 @@ def test_gateway_account_is_created_once_with_a_private_credential(tmp_path: Pat
         user = store.get_user(fields["username"])
         assert user is not None and user.role == "gateway" and user.clinic is None
         assert passwords.verify_password(fields["password"], user.password_hash)
-        assert deploy.ensure_gateway_account(store, path, None) is False  # kept across starts
+        assert gateway_account.ensure_gateway_account(store, path, None) is False  # kept across starts
         assert _credential(path) == fields
         path.unlink()  # lost file: a new account; the old one is disabled
-        assert deploy.ensure_gateway_account(store, path, None) is True
+        assert gateway_account.ensure_gateway_account(store, path, None) is True
         new = _credential(path)
         assert new["username"] != fields["username"] and new["password"] != fields["password"]
         assert passwords.verify_password(new["password"], store.get_user(new["username"]).password_hash)
@@ -314,11 +314,11 @@ def test_the_fixed_gateway_name_of_earlier_versions_is_replaced(fast_hash: None,
         path = tmp_path / "credential.txt"
         store.add_user("gateway", passwords.hash_password("Old-gateway-pw-1"), "gateway")
         path.write_text("username: gateway\npassword: Old-gateway-pw-1\n")
-        assert deploy.ensure_gateway_account(store, path, None) is True
+        assert gateway_account.ensure_gateway_account(store, path, None) is True
         fields = _credential(path)
-        assert fields["username"].startswith(deploy.GATEWAY_USER_PREFIX)
+        assert fields["username"].startswith(gateway_account.GATEWAY_USER_PREFIX)
         assert store.get_user("gateway").disabled and not store.get_user(fields["username"]).disabled
-        assert deploy.ensure_gateway_account(store, path, None) is False
+        assert gateway_account.ensure_gateway_account(store, path, None) is False
     finally:
         store.close()
 
@@ -349,7 +349,7 @@ def test_the_audit_trail_is_configured_with_its_key_outside_the_trail(settings: 
                                                                        tmp_path: Path) -> None:
     cfg = deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")["SecurePACS"]
     assert cfg["AuditTrail"] == str(settings.data_dir / "audit" / "trail.jsonl")
-    assert cfg["AuditCheckpointKey"] == str(settings.certs_dir / "audit" / "checkpoint.key")
+    assert "AuditCheckpointKey" not in cfg  # Orthanc must not hold the key: the audit signer (own uid) does
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
     full = {**base, **deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")}
     assert plugin_config.parse(full).audit_trail == settings.audit_trail_path

@@ -36,8 +36,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securepacs.gateway import pdu
 from securepacs.gateway.config import GatewayError
+from securepacs.gateway.store_view import ReadOnlyStore
 from securepacs.pki import clinic_identity
-from securepacs.store import Clinic, Store
+from securepacs.store import Clinic
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class TrustState:
         if not store_path.is_file():
             raise GatewayError(f"store {store_path} does not exist: prepare the archive first "
                                "(securepacs serve --prepare-only)")
-        self.store = Store(store_path)
+        self.store = ReadOnlyStore(store_path)  # the gateway never changes enrolment
         self.crl_path = crl_path
         self.ca_path = ca_path
         self.refresh_interval = refresh_interval
