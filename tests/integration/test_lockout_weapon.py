@@ -19,13 +19,13 @@ import http.client
 import json
 import random
 import socket
-import ssl
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_accounts_https import call
 
 from securepacs import totp
 from securepacs.accounts import LOGIN_FAILED
@@ -49,28 +49,9 @@ def client_address() -> str:
     return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
 
 
-def https(archive, path: str, *, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
-          source: str | None = None) -> tuple[int, http.client.HTTPMessage, Any]:
-    """One HTTPS request through nginx, optionally from a chosen loopback source address."""
-    all_headers = dict(headers or {})
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        all_headers.setdefault("Content-Type", "application/json")
-    ctx = ssl.create_default_context(cafile=str(archive.ca_cert))
-    conn = http.client.HTTPSConnection(archive.host, archive.https_port, context=ctx, timeout=30,
-                                       source_address=(source, 0) if source else None)
-    try:
-        conn.request(method, path, body=data, headers=all_headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        parsed: Any = json.loads(raw) if raw else None
-    except ValueError:
-        parsed = raw
-    return resp.status, resp.headers, parsed
+def https(archive, path: str, **kwargs: Any) -> tuple[int, http.client.HTTPMessage, Any]:
+    """One HTTPS request through nginx, optionally from a chosen loopback source address (``source``)."""
+    return call(archive, path, **kwargs)
 
 
 def direct(archive, path: str, *, method: str = "GET", body: bytes = b"",
