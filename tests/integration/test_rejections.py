@@ -234,7 +234,9 @@ def attempt_until_refused(archive, ctx: ssl.SSLContext, *, calling: str) -> Outc
     while True:
         started = time.monotonic()
         outcome = dicom_attempt(archive, ctx, calling=calling)
-        if outcome.kind != "accepted":
+        # "aborted": accepted just before the gateway's refresh, then ended as a live association of a revoked
+        # clinic. That is the revocation arriving, not yet the refusal at association time: keep polling.
+        if outcome.kind not in ("accepted", "aborted"):
             return outcome
         assert started < deadline, f"an association from {calling!r} started {REVOCATION_BOUND} s after the " \
             "revocation was still accepted"
