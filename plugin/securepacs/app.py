@@ -40,6 +40,7 @@ from securepacs.stow import StowService
 from securepacs.studies import StudyList
 from securepacs.tenancy import Tenancy
 from securepacs.web import Request, Response
+from securepacs.webapp.service import WebApp
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class SecurePacsApp:
         self.studies = StudyList(self.queries)
         self._orthanc_system = orthanc_system
         self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
+        self.webapp = WebApp(rest, self.audit)  # type: ignore[arg-type]  # adapter.RestApi also reads bytes
 
     def security_event(self, kind: str, details: Mapping[str, Any]) -> None:
         """A refused cross-tenant attempt. The audit trail records the details; the operational log gets
@@ -187,7 +189,8 @@ class SecurePacsApp:
             (r"/securepacs/api/audit", "authenticated", self.audit_api.handle),
         ]
         return [(pattern, self.bind(handler, access))
-                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store)]]
+                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store),
+                                                          *self.webapp.routes()]]
 
     def bind(self, handler: AnyHandler, access: str = "authenticated") -> Callable[[Request], Response]:
         """Give a route handler the request's principal and client address. Authenticated again here:
@@ -199,7 +202,8 @@ class SecurePacsApp:
             # Anonymous routes (login) do not look at credentials: a stray wrong Basic header on a login
             # request must not count towards the account's lockout.
             principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip)
-            if principal is None and access != "anonymous":
+            # "page" handlers answer a caller without a session themselves (a redirect to the login page).
+            if principal is None and access not in ("anonymous", "page"):
                 return Response.error(403, "authentication required")
             return handler(req, principal)
 

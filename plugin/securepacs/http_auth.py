@@ -14,6 +14,7 @@ from typing import Protocol
 
 from securepacs.accounts import Accounts
 from securepacs.identity import Principal
+from securepacs.webapp import urls as webapp_urls
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class HttpAuthenticator:
         self._policy = policy
         self._proxies = frozenset(trusted_proxies)
         self._ip_header = client_ip_header.lower()
+        self._anonymous = ANONYMOUS | webapp_urls.anonymous()  # + the login page and its assets (exact paths)
 
     def client_ip(self, peer_ip: str, headers: Mapping[str, str]) -> str:
         """The real client address: from the proxy's header only when the peer is a trusted proxy."""
@@ -61,9 +63,12 @@ class HttpAuthenticator:
     def authorize(self, uri: str, method: str, peer_ip: str, headers: Mapping[str, str],
                   get: Mapping[str, str] | None = None) -> Decision:
         ip = self.client_ip(peer_ip, headers)
-        if (method, uri) in ANONYMOUS:
+        if (method, uri) in self._anonymous:
             return Decision(True, None, ip, "anonymous endpoint")
         result = self._accounts.authenticate(method, headers, ip)
+        if result.principal is None and method == "GET" and webapp_urls.LOGIN_REDIRECTS.fullmatch(uri):
+            # The page's handler sees no session either and answers only a redirect to the login page.
+            return Decision(True, result.username, ip, "page without a session: redirected to the login page")
         if result.principal is None:
             return Decision(False, result.username, ip, result.reason)
         verdict = self._policy(result.principal, method, uri, get or {})
