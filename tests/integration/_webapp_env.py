@@ -1,0 +1,100 @@
+"""Shared pieces of the web app's browser tests: a synthetic CT with known pixels, users, and Chromium.
+
+The CT's stored value at (row, col) of slice k is ``(4 * col + 20 * k) % 3000`` (int16, rescale -1024),
+so a test can compute the Hounsfield values of any slice and compare the server's render with
+``securepacs.webapp.windowing.window`` numerically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "results" / "artifacts" / "webapp"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# Collects Content-Security-Policy violations before any page script runs (init scripts are not subject
+# to the page's CSP).
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', (e) => window.__cspViolations.push(
+  {directive: e.violatedDirective, blocked: e.blockedURI, source: e.sourceFile, line: e.lineNumber}));
+"""
+
+
+def stored_values(rows: int, columns: int, index: int) -> np.ndarray:
+    col = np.arange(columns, dtype=np.int32)[None, :].repeat(rows, axis=0)
+    return ((4 * col + 20 * index) % 3000).astype(np.int16)
+
+
+def hounsfield(rows: int, columns: int, index: int) -> np.ndarray:
+    return stored_values(rows, columns, index).astype(np.float32) - 1024.0
+
+
+def write_ct(folder: Path, *, slices: int, size: int, patient_id: str, patient_name: str,
+             description: str) -> str:
+    """A CT series of ``slices`` frames ``size``² written as files; returns the Study Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    for k in range(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19700101", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_ref
+        ds.StudyDate, ds.StudyTime, ds.StudyDescription = "20260101", "101010", description
+        ds.AccessionNumber, ds.StudyID, ds.Modality = f"ACC{secrets.randbelow(10**6):06d}", "1", "CT"
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 1, k + 1, "Axial"
+        ds.ImagePositionPatient = [0.0, 0.0, float(-k * 2.5)]  # reversed on purpose: Orthanc must order them
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = stored_values(size, size, k).tobytes()
+        ds.save_as(folder / f"ct{k:03d}.dcm", enforce_file_format=True)
+    return study
+
+
+def add_user(archive: Any, folder: Path, name: str, role: str, clinic: str | None) -> tuple[str, str]:
+    password = "Wb-" + secrets.token_urlsafe(18)
+    pw_file = folder / f"{name}.pw"
+    pw_file.write_text(password + "\n")
+    args = ["user", "add", name, "--role", role, "--password-file", str(pw_file)]
+    if clinic:
+        args += ["--clinic", clinic]
+    archive.cli(*args)
+    return name, password
+
+
+def audit_records(archive: Any, *args: str) -> list[dict[str, Any]]:
+    out = archive.cli("audit", "search", *args).stdout
+    return [json.loads(line)["record"] if "record" in json.loads(line) else json.loads(line)
+            for line in out.splitlines() if line.strip()]
+
+
+def screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def launch(playwright: Any) -> Any:
+    if not os.path.exists(CHROMIUM):
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (orthanc/install.sh --with-tests)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
