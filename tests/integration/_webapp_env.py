@@ -41,8 +41,24 @@ def hounsfield(rows: int, columns: int, index: int) -> np.ndarray:
     return stored_values(rows, columns, index).astype(np.float32) - 1024.0
 
 
+def phantom(rows: int, columns: int, index: int) -> np.ndarray:
+    """A body-like slice (stored values, rescale -1024): air, soft tissue with noise, two lungs, a bone
+    ring — so JPEG sizes in the benchmark are those of an image, not of a gradient."""
+    rng = np.random.default_rng(index)
+    y, x = np.mgrid[-1:1:rows * 1j, -1:1:columns * 1j]
+    hu = np.full((rows, columns), -1000.0)
+    body = (x / 0.85) ** 2 + (y / 0.65) ** 2 < 1
+    hu[body] = 40 + rng.normal(0, 15, body.sum())
+    for cx in (-0.35, 0.35):
+        lung = ((x - cx) / 0.28) ** 2 + ((y + 0.05) / (0.4 + 0.05 * np.sin(index / 20))) ** 2 < 1
+        hu[lung] = -820 + rng.normal(0, 30, lung.sum())
+    ring = np.abs(np.hypot(x, y * 1.3) - 0.55) < 0.03
+    hu[ring] = 700
+    return np.clip(hu + 1024, 0, 4095).astype(np.int16)
+
+
 def write_ct(folder: Path, *, slices: int, size: int, patient_id: str, patient_name: str,
-             description: str) -> str:
+             description: str, pixels: Any = stored_values) -> str:
     """A CT series of ``slices`` frames ``size``² written as files; returns the Study Instance UID."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
@@ -67,7 +83,7 @@ def write_ct(folder: Path, *, slices: int, size: int, patient_id: str, patient_n
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "HU"
         ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = stored_values(size, size, k).tobytes()
+        ds.PixelData = pixels(size, size, k).tobytes()
         ds.save_as(folder / f"ct{k:03d}.dcm", enforce_file_format=True)
     return study
 

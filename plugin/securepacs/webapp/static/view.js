@@ -37,19 +37,81 @@ function url(index) {
 function fetchImage(src) {
   if (loaded.has(src)) return loaded.get(src);
   const img = new Image();
-  const done = img.decode ? (img.src = src, img.decode().then(() => img)) : null;
-  const promise = done || new Promise((resolve, reject) => { img.onload = () => resolve(img); img.onerror = reject; img.src = src; });
+  img.src = src;
+  const promise = img.decode().then(() => img);
   loaded.set(src, promise);
   if (loaded.size > 400) loaded.delete(loaded.keys().next().value);
   promise.catch(() => loaded.delete(src));
   return promise;
 }
 
-function prefetch() {
+// Prefetch: the slices ahead in the direction of travel first, a few behind; at most MAX_IN_FLIGHT at a
+// time so the slice asked for next is never queued behind far-away ones on a slow link.
+const MAX_IN_FLIGHT = 4;
+let inFlight = 0;
+let direction = 1;
+
+function pump() {
   const n = frames().length;
-  for (let d = 1; d <= PREFETCH; d++) {
-    for (const i of [state.slice + d, state.slice - d]) if (i >= 0 && i < n) fetchImage(url(i));
+  const order = [];
+  for (let d = 1; d <= PREFETCH; d++) order.push(state.slice + direction * d);
+  for (let d = 1; d <= 2; d++) order.push(state.slice - direction * d);
+  for (const i of order) {
+    if (inFlight >= MAX_IN_FLIGHT) return;
+    if (i < 0 || i >= n) continue;
+    const src = url(i);
+    if (loaded.has(src)) continue;
+    inFlight++;
+    fetchImage(src).then((img) => paintIfCloser(i, img), () => {}).finally(() => { inFlight--; pump(); });
   }
+}
+
+function paint(index, img) {
+  touched();
+  image.src = img.src;
+  image.dataset.window = `${state.center},${state.width}`;
+  image.dataset.src = img.src.slice(location.origin.length);
+  image.style.filter = "";
+  viewport.dataset.shown = image.dataset.src;
+  viewport.dataset.painted = String(index);
+  if (!state.firstPainted) {
+    state.firstPainted = true;
+    performance.mark("securepacs-first-image");
+    document.body.dataset.firstImage = String(performance.now());
+  }
+}
+
+function paintIfCloser(index, img) {
+  // While scrolling faster than the link delivers, show each slice that arrives on the way to the one
+  // asked for instead of freezing until that one is there.
+  const painted = Number(viewport.dataset.painted ?? -1);
+  const sameWindow = img.src.endsWith(url(index).slice(url(index).indexOf("?")));
+  if (sameWindow && wanted !== img.src && Math.abs(state.slice - index) < Math.abs(state.slice - painted)) {
+    paint(index, img);
+  }
+}
+
+async function show() {
+  if (!frames().length) return;
+  overlays();
+  const index = state.slice;
+  const src = url(index);
+  wanted = location.origin + src;
+  pump();
+  try {
+    const img = await fetchImage(src);
+    if (wanted !== img.src) { paintIfCloser(index, img); return; } // a newer request superseded this one
+    paint(index, img);
+  } catch {
+    $("ov-slice").textContent = "Image could not be loaded";
+  }
+  pump();
+}
+
+function goTo(index) {
+  const n = frames().length;
+  const next = Math.max(0, Math.min(n - 1, index));
+  if (next !== state.slice) { direction = next > state.slice ? 1 : -1; state.slice = next; show(); }
 }
 
 function applyTransform() {
@@ -83,37 +145,6 @@ function overlays() {
   viewport.dataset.slice = String(state.slice);
   viewport.dataset.wc = String(state.center);
   viewport.dataset.ww = String(state.width);
-}
-
-async function show() {
-  if (!frames().length) return;
-  overlays();
-  const src = url(state.slice);
-  wanted = src;
-  try {
-    const img = await fetchImage(src);
-    if (wanted !== src) return; // a newer request superseded this one
-    touched();
-    image.src = img.src;
-    image.dataset.window = `${state.center},${state.width}`;
-    image.dataset.src = src;
-    image.style.filter = "";
-    viewport.dataset.shown = src;
-    if (!state.firstPainted) {
-      state.firstPainted = true;
-      performance.mark("securepacs-first-image");
-      document.body.dataset.firstImage = String(performance.now());
-    }
-  } catch {
-    $("ov-slice").textContent = "Image could not be loaded";
-  }
-  prefetch();
-}
-
-function goTo(index) {
-  const n = frames().length;
-  const next = Math.max(0, Math.min(n - 1, index));
-  if (next !== state.slice) { state.slice = next; show(); }
 }
 
 function setWindow(center, width, render = true) {
