@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ from _webapp_env import (
 )
 from PIL import Image
 
+from securepacs import totp
 from securepacs.client import store
 from securepacs.tenancy import orthanc_id
 from securepacs.webapp import windowing
@@ -302,6 +305,39 @@ def test_other_clinic_gets_403_and_an_audit_record(world, browser):
     assert len(refused) == 1, refused
     assert_no_csp_violation(page)
     page.context.close()
+
+
+def test_totp_user_logs_in_with_a_code(world, browser, tmp_path):
+    user = add_user(world.archive, tmp_path, "webdoc-totp", "physician", "clinicA")
+    auth = {"Authorization": basic(user), "Content-Type": "application/json"}
+    page = new_page(browser)
+    enrol = page.request.post(f"{world.base}/securepacs/api/me/totp", headers=auth,
+                              data=json.dumps({"password": user[1]}))
+    assert enrol.status == 200, enrol.text()
+    secret = enrol.json()["secret"]
+    confirm = page.request.post(f"{world.base}/securepacs/api/me/totp/confirm", headers=auth,
+                                data=json.dumps({"code": totp.code_at(secret, time.time())}))
+    assert confirm.status == 200, confirm.text()
+    login(page, world, user)
+    page.wait_for_selector("#totp-field:not([hidden])")
+    assert "6-digit code" in page.text_content("#message")
+    page.fill("#totp", "000000" if totp.code_at(secret, time.time()) != "000000" else "111111")
+    page.click("#submit")
+    page.wait_for_function("() => document.getElementById('message').className === 'error'")
+    assert page.url.startswith(world.base + "/login")
+    page.fill("#totp", totp.code_at(secret, time.time() + totp.STEP_SECONDS))
+    page.click("#submit")
+    page.wait_for_url(f"{world.base}/list")
+    assert_no_csp_violation(page)
+    page.context.close()
+
+
+def test_no_patient_data_in_the_archive_log(world):
+    # Run after the browser tests above: every URI they used carried opaque IDs only.
+    log = world.archive.log_text()
+    assert "/view/" in log  # the access log is there and names the pages
+    for secret in ("WEBVIEW", world.pid_a, world.study_a_uid, "WEB-B-1"):
+        assert secret not in log, secret
 
 
 def test_pages_carry_strict_headers(world, browser):
