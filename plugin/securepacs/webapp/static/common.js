@@ -54,7 +54,7 @@ function idleWatch() {
   if (!box || !idleSeconds) return;
   const left = idleSeconds - (Date.now() - lastActivity) / 1000;
   if (left <= 0) { toLogin("idle"); return; }
-  const warn = left <= WARN_BEFORE_S;
+  const warn = left <= Math.min(WARN_BEFORE_S, idleSeconds / 2);
   box.hidden = !warn;
   if (warn) document.getElementById("idle-left").textContent = String(Math.ceil(left));
 }
