@@ -4,6 +4,7 @@ handling of rescale, MONOCHROME1, colour and multi-frame instances."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,23 @@ def test_size_scales_down_only_and_parameters_are_checked():
     for bad in ({"format": "gif"}, {"ww": "0"}, {"wc": "x"}, {"size": "1"}):
         with pytest.raises(render.RenderError):
             renderer.render("i", 0, bad)
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "MR_small_implicit.dcm", "MR_small_bigendian.dcm"])
+def test_compressed_transfer_syntaxes_decode_to_the_uncompressed_values(name: str):
+    from pydicom.data import get_testdata_file
+
+    reference = render.decode(Path(get_testdata_file("MR_small.dcm")).read_bytes(), 0)
+    frame = render.decode(Path(get_testdata_file(name)).read_bytes(), 0)
+    assert np.array_equal(frame.values, reference.values) and not frame.lossy_source
+
+
+def test_lossy_sources_are_flagged():
+    from pydicom.data import get_testdata_file
+
+    for name in ("SC_rgb_jpeg_dcmtk.dcm", "JPGExtended.dcm"):
+        data = Path(get_testdata_file(name)).read_bytes()
+        assert render.decode(data, 0).lossy_source
+        assert render.Renderer(_Store(data)).render(
+            "x", 0, {"format": "png"}).lossy

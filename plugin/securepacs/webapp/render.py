@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp"), "png": ("PNG", "image/png")}
 LOSSY = frozenset({"jpeg", "webp"})
+# JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 (lossy), HTJ2K (lossy)
+LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                            "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
 MAX_SIZE = 4096
 DEFAULT_QUALITY = 85
 FRAME_CACHE_BYTES = 256 * 1024 * 1024
@@ -56,6 +59,7 @@ class Frame:
     invert: bool  # MONOCHROME1
     default: windowing.Window
     frames: int  # frames in the instance
+    lossy_source: bool = False  # the stored pixels were lossy-compressed (Lossy Image Compression "01")
 
     @property
     def nbytes(self) -> int:
@@ -115,7 +119,8 @@ def decode(data: bytes, frame: int) -> Frame:
                                f"{ds.file_meta.get('TransferSyntaxUID', 'unknown')}") from exc
     if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
         rgb = pixels if pixels.dtype == np.uint8 else np.clip(pixels >> max(0, int(ds.BitsStored) - 8), 0, 255)
-        return Frame(np.ascontiguousarray(rgb, dtype=np.uint8), True, False, windowing.Window(127.5, 256.0), frames)
+        return Frame(np.ascontiguousarray(rgb, dtype=np.uint8), True, False, windowing.Window(127.5, 256.0), frames,
+                     _lossy(ds))
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     values = windowing.modality_values(pixels, slope, intercept)
@@ -124,7 +129,12 @@ def decode(data: bytes, frame: int) -> Frame:
     default = (windowing.Window(center, max(width, windowing.MIN_WIDTH)) if center is not None and width
                else windowing.auto_window(values))
     invert = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-    return Frame(values, False, invert, default, frames)
+    return Frame(values, False, invert, default, frames, _lossy(ds))
+
+
+def _lossy(ds: Any) -> bool:
+    return str(ds.get("LossyImageCompression", "")).strip() == "01" or (
+        str(ds.file_meta.get("TransferSyntaxUID", "")) in LOSSY_SYNTAXES)
 
 
 def _number(get: dict[str, str], name: str, low: float, high: float) -> float | None:
@@ -187,6 +197,6 @@ class Renderer:
             image.save(out, encoder, compress_level=1)  # fast; PNG is for lossless reads, not for bytes
         else:
             image.save(out, encoder, quality=int(quality or DEFAULT_QUALITY))
-        rendered = Rendered(out.getvalue(), content_type, fmt in LOSSY, used)
+        rendered = Rendered(out.getvalue(), content_type, fmt in LOSSY or frame.lossy_source, used)
         self._images.put(key, rendered)
         return rendered

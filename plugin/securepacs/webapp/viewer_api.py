@@ -71,6 +71,7 @@ class ViewerApi:
                 frame = self._renderer.frame(frames[0][0], frames[0][1])
                 answer["window"] = {"center": frame.default.center, "width": frame.default.width}
                 answer["color"] = frame.color
+                answer["lossy_source"] = frame.lossy_source
             except RenderError as exc:
                 answer["error"] = str(exc)
         return answer

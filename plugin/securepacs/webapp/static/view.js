@@ -136,9 +136,9 @@ function overlays() {
   const n = frames().length;
   const series = state.study.series[state.series];
   $("ov-slice").textContent = `Slice ${state.slice + 1} / ${n} · ${series.modality} ${series.number}`;
-  const lossy = state.lossless ? "" : " · lossy preview";
+  const lossy = series.lossy_source ? " · lossy source" : (state.lossless ? "" : " · lossy preview");
   $("ov-window").textContent = `W ${Math.round(state.width)} L ${Math.round(state.center)} · ${Math.round(state.zoom * 100)}%`;
-  $("ov-window").classList.toggle("lossy", !state.lossless);
+  $("ov-window").classList.toggle("lossy", Boolean(lossy));
   $("ov-window").dataset.lossy = lossy ? "1" : "0";
   if (lossy) $("ov-window").append(el("span", { text: lossy }));
   $("slice").value = String(state.slice + 1);
