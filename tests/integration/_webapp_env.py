@@ -114,3 +114,30 @@ def launch(playwright: Any) -> Any:
     if not os.path.exists(CHROMIUM):
         raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (orthanc/install.sh --with-tests)")
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def write_multiframe(path: Path, *, frames: int, size: int, patient_id: str, patient_name: str) -> str:
+    """One MONOCHROME1 multi-frame instance (Multi-frame Grayscale Word SC), unsigned 16-bit: frame k is
+    filled with 1000 * k plus a column ramp; no rescale. Returns the Study Instance UID."""
+    sop_class = "1.2.840.10008.5.1.4.1.1.7.3"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = patient_name, patient_id, "OT"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyDescription, ds.SeriesNumber, ds.InstanceNumber = (
+        "20250101", "080000", "multi-frame", 1, 1)
+    ds.Rows = ds.Columns = size
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.stack([multiframe_values(size, k) for k in range(frames)]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return str(ds.StudyInstanceUID)
+
+
+def multiframe_values(size: int, frame: int) -> np.ndarray:
+    return (1000 * frame + np.arange(size, dtype=np.uint16)[None, :].repeat(size, axis=0) * 10).astype(np.uint16)

@@ -26,8 +26,10 @@ from _webapp_env import (
     audit_records,
     hounsfield,
     launch,
+    multiframe_values,
     screenshot,
     write_ct,
+    write_multiframe,
 )
 from PIL import Image
 
@@ -338,6 +340,33 @@ def test_no_patient_data_in_the_archive_log(world):
     assert "/view/" in log  # the access log is there and names the pages
     for secret in ("WEBVIEW", world.pid_a, world.study_a_uid, "WEB-B-1"):
         assert secret not in log, secret
+
+
+def test_multiframe_monochrome1_instance(world, browser, tmp_path):
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    uid = write_multiframe(folder / "mf.dcm", frames=5, size=64, patient_id="WEB-MF-1", patient_name="WEBMF^ONE")
+    summary = store(world.archive.conn(world.archive.clinics["clinicA"]), [folder])
+    assert summary.ok and summary.success == 1, summary.report()
+    page = new_page(browser)
+    login(page, world, world.doctor_a, start=f"/view/{orthanc_id('WEB-MF-1', uid)}")
+    page.wait_for_url(re.compile(r"/view/"))
+    first = wait_shown(page)
+    assert page.get_attribute("#slice", "max") == "5"
+    page.focus("#viewport")
+    page.keyboard.press("End")
+    end = wait_shown(page, first)
+    assert re.search(r"/frames/4/rendered", end)
+    page.select_option("#preset", "auto")  # this frame's own window (the series default is frame 0's)
+    last = wait_shown(page, end)
+    data = page.eval_on_selector("#viewport", "v => ({...v.dataset})")
+    want = windowing.window(multiframe_values(64, 4).astype(np.float32), float(data["wc"]), float(data["ww"]),
+                            invert=True)
+    got = lossless(page, world, last)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert got[0, 0] > got[0, -1]  # MONOCHROME1: higher values darker
+    assert_no_csp_violation(page)
+    page.context.close()
 
 
 def test_pages_carry_strict_headers(world, browser):
