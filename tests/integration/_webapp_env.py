@@ -23,12 +23,16 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking"]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-# Collects Content-Security-Policy violations before any page script runs (init scripts are not subject
+# Reports Content-Security-Policy violations to the test (through an exposed function, so violations on
+# pages navigated away from are kept), installed before any page script runs (init scripts are not subject
 # to the page's CSP).
 CSP_WATCH = """
 window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (e) => window.__cspViolations.push(
-  {directive: e.violatedDirective, blocked: e.blockedURI, source: e.sourceFile, line: e.lineNumber}));
+document.addEventListener('securitypolicyviolation', (e) => {
+  const v = {page: location.pathname, directive: e.violatedDirective, blocked: e.blockedURI, line: e.lineNumber};
+  window.__cspViolations.push(v);
+  if (window.__securepacsCsp) window.__securepacsCsp(v);
+});
 """
 
 

@@ -43,6 +43,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 SLICES, SIZE = 48, 512
 SERIOUS = {"serious", "critical"}
+CSP_VIOLATIONS: dict[Any, list[Any]] = {}  # page -> violations reported in its context
 
 
 @dataclass
@@ -90,14 +91,19 @@ def new_page(browser: Any, *, phone: bool = False) -> Any:
     if phone:
         options.update(has_touch=True, is_mobile=True, device_scale_factor=2)
     context = browser.new_context(**options)
+    violations: list[Any] = []
+    context.expose_function("__securepacsCsp", lambda v: violations.append(v))
     context.add_init_script(CSP_WATCH)
     page = context.new_page()
+    CSP_VIOLATIONS[page] = violations
     page.set_default_timeout(15_000)
     return page
 
 
 def assert_no_csp_violation(page: Any) -> None:
+    """No violation on any page this page's context has shown so far."""
     assert page.evaluate("window.__cspViolations") == [], page.url
+    assert CSP_VIOLATIONS[page] == []
 
 
 def login(page: Any, world: World, user: tuple[str, str], start: str = "/") -> None:
