@@ -167,6 +167,7 @@ def test_login_redirect_deep_link_viewer_and_logout_desktop(world, browser):
     page.wait_for_url(f"{world.base}/view/{world.study_a}")
     first = wait_shown(page)
     assert page.text_content("#ov-patient").startswith("WEBVIEW ALICE")
+    assert page.title() == "SecurePACS – viewer"  # titles get logged (history, tabs): never patient data
     assert "lossy preview" in page.text_content("#ov-window")
     check_pixels(page, world, first)  # the instance's own window (40/400)
 
@@ -249,6 +250,8 @@ def test_study_list_search_and_study_page(world, browser):
     page.wait_for_selector(".series-grid img")
     page.wait_for_function("() => document.querySelector('.series-grid img').complete")
     assert page.eval_on_selector(".series-grid img", "i => i.naturalWidth") == 160
+    assert axe_serious(page) == []
+    screenshot(page, "desktop-study")
     page.click(".series-grid a")
     page.wait_for_url(re.compile(rf"/view/{world.study_a}#series=0"))
     wait_shown(page)
@@ -295,6 +298,7 @@ def test_phone_touch_swipe_pinch_and_preset(world, browser):
     screenshot(page, "phone-viewer")
     page.goto(world.base + "/list")
     page.wait_for_selector("#studies tbody tr")
+    assert axe_serious(page) == []
     screenshot(page, "phone-list")
     assert_no_csp_violation(page)
     page.context.close()
