@@ -44,6 +44,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 SLICES, SIZE = 48, 512
 SERIOUS = {"serious", "critical"}
 CSP_VIOLATIONS: dict[Any, list[Any]] = {}  # page -> violations reported in its context
+PROBLEMS: dict[Any, list[str]] = {}
 
 
 @dataclass
@@ -96,6 +97,10 @@ def new_page(browser: Any, *, phone: bool = False) -> Any:
     context.add_init_script(CSP_WATCH)
     page = context.new_page()
     CSP_VIOLATIONS[page] = violations
+    problems: list[str] = []  # for the failure message of a wait that times out
+    PROBLEMS[page] = problems
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url[-80:]}") if r.status >= 400 else None)
     page.set_default_timeout(15_000)
     return page
 
@@ -116,9 +121,14 @@ def login(page: Any, world: World, user: tuple[str, str], start: str = "/") -> N
 
 def wait_shown(page: Any, previous: str | None = None) -> str:
     """The src of the image now painted (waits until it differs from ``previous``)."""
-    page.wait_for_function(
-        "prev => { const v = document.getElementById('viewport').dataset.shown; return v && v !== prev; }",
-        arg=previous)
+    try:
+        page.wait_for_function(
+            "prev => { const v = document.getElementById('viewport').dataset.shown; return v && v !== prev; }",
+            arg=previous)
+    except playwright_api.TimeoutError:
+        state = page.evaluate("() => [document.getElementById('ov-slice')?.textContent, "
+                              "JSON.stringify(document.getElementById('viewport')?.dataset)]")
+        raise AssertionError(f"no new image painted after {previous!r}: {state}; {PROBLEMS[page][-10:]}") from None
     return page.eval_on_selector("#viewport", "v => v.dataset.shown")
 
 
@@ -340,6 +350,18 @@ def test_totp_user_logs_in_with_a_code(world, browser, tmp_path):
     page.fill("#totp", totp.code_at(secret, time.time() + totp.STEP_SECONDS))
     page.click("#submit")
     page.wait_for_url(f"{world.base}/list")
+    assert_no_csp_violation(page)
+    page.context.close()
+
+
+def test_wrong_password_shows_the_refusal(world, browser):
+    page = new_page(browser)
+    login(page, world, (world.doctor_b[0], "not-the-password"))
+    page.wait_for_function("() => document.getElementById('message').className === 'error'")
+    # One message for every cause (wrong password, lockout, disabled): no account enumeration.
+    assert "locked" in page.text_content("#message") and page.url.startswith(world.base + "/login")
+    page.goto(world.base + "/login?reason=idle")
+    assert "15 minutes" in page.text_content("#message")
     assert_no_csp_violation(page)
     page.context.close()
 

@@ -18,6 +18,7 @@ const state = {
 };
 const loaded = new Map(); // url -> Image (decoded), bounded
 let wanted = "";
+const failures = new Map(); // src -> failed attempts
 
 function frames() { return state.study ? state.study.series[state.series].frames : []; }
 
@@ -103,6 +104,10 @@ async function show() {
     if (wanted !== img.src) { paintIfCloser(index, img); return; } // a newer request superseded this one
     paint(index, img);
   } catch {
+    // A dropped request on a mobile link: try again twice, then say so.
+    const tries = (failures.get(src) || 0) + 1;
+    failures.set(src, tries);
+    if (tries <= 2) { setTimeout(() => { if (wanted === location.origin + src) show(); }, 400 * tries); return; }
     $("ov-slice").textContent = "Image could not be loaded";
   }
   pump();
