@@ -233,7 +233,9 @@ def test_login_redirect_deep_link_viewer_and_logout_desktop(world, browser):
               if any(o["object_id"] == world.study_a_uid for o in r["objects"])]
     assert len(opened) == 1, opened
 
-    page.click("#logout")
+    with page.expect_response(re.compile(r"/securepacs/logout$")) as logout:
+        page.click("#logout")
+    assert logout.value.status == 200 and '"cache"' in logout.value.all_headers()["clear-site-data"]
     page.wait_for_url(re.compile(r"/login\?reason=logout"))
     assert page.request.get(world.base + "/securepacs/api/me").status == 403
     page.context.close()
