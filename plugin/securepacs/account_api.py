@@ -17,7 +17,7 @@ from functools import wraps
 from typing import Any
 
 from securepacs import user_admin
-from securepacs.accounts import SESSION_COOKIE, AccountError, Accounts, TotpRequired, session_token
+from securepacs.accounts import SESSION_COOKIE, AccountError, Accounts, Throttled, TotpRequired, session_token
 from securepacs.identity import Principal
 from securepacs.store import Store
 from securepacs.web import Request, Response
@@ -31,6 +31,8 @@ MAX_BODY = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store"}  # answers carrying tokens, passwords or TOTP secrets
 _CLEAR_COOKIE = f"{SESSION_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict"
 _USER = r"([^/]+)"  # validated by the handler, so a bad name gets a message rather than a 404
+TOTP_REMOVAL = ("removing the second factor needs the password and a current code: expected POST "
+                '/securepacs/api/me/totp/remove with {"password": ..., "code": ...}')
 
 
 def _iso(epoch: float) -> str:
@@ -69,6 +71,9 @@ def _refusal(exc: AccountError) -> Response:
     body: dict[str, Any] = {"error": str(exc)}
     if isinstance(exc, TotpRequired):
         body["totp_required"] = True  # lets a login form ask for the code without parsing the message
+    if isinstance(exc, Throttled):
+        body["retry_after"] = exc.retry_after
+        return Response.json(body, exc.status, {"Retry-After": str(exc.retry_after)})
     return Response.json(body, exc.status)
 
 
@@ -104,6 +109,11 @@ class AccountApi:
     def login(self, req: Request, _principal: Principal | None) -> Response:
         body = _json_body(req, {"username", "password", "totp"}, {"username", "password"})
         result = self._accounts.login(body["username"], body["password"], body.get("totp"), req.client_ip)
+        # Session fixation: a session the client still presents (cookie or bearer) ends here; the answer sets
+        # the new token, never a previous one.
+        presented, _ = session_token(req.headers)
+        if presented:
+            self._accounts.logout(presented, req.client_ip)
         max_age = max(0, int(result.expires_at - self._accounts.now()))
         return Response.json(
             {"username": result.username, "token": result.token, "expires_at": _iso(result.expires_at),
@@ -151,10 +161,8 @@ class AccountApi:
     def totp(self, req: Request, principal: Principal | None) -> Response:
         assert principal is not None
         if req.method == "DELETE":
-            self._accounts.disable_totp(principal.name)
-            return Response.json({"totp": False, "message": "second factor removed; every session of this account "
-                                                            "has ended: log in again"},
-                                 headers={"Set-Cookie": _CLEAR_COOKIE})
+            # Removal needs the password and a current code, and Orthanc passes no body with a DELETE.
+            raise AccountError(TOTP_REMOVAL)
         body = _json_body(req, {"password"}, {"password"})
         enrolment = self._accounts.begin_totp(principal.name, body["password"], req.client_ip)
         return Response.json({
@@ -164,6 +172,15 @@ class AccountApi:
             "next": "add the secret to an authenticator app, then POST /securepacs/api/me/totp/confirm with "
                     '{"code": "<6 digits>"}',
         }, headers=NO_STORE)
+
+    def totp_remove(self, req: Request, principal: Principal | None) -> Response:
+        """Password and a current code: whoever holds only the session cannot downgrade the account."""
+        assert principal is not None
+        body = _json_body(req, {"password", "code"}, {"password", "code"})
+        self._accounts.disable_totp(principal.name, body["password"], body["code"], req.client_ip)
+        return Response.json({"totp": False, "message": "second factor removed; every session of this account "
+                                                        "has ended: log in again"},
+                             headers={"Set-Cookie": _CLEAR_COOKIE})
 
     def totp_confirm(self, req: Request, principal: Principal | None) -> Response:
         assert principal is not None
@@ -184,7 +201,7 @@ class AccountApi:
                                   for u in self._store.list_users(clinic)])
         body = _json_body(req, {"username", "role", "clinic", "password"}, {"username", "role"})
         created = user_admin.create_user(self._store, body["username"], body["role"], body.get("clinic"),
-                                         body.get("password"), actor=principal.name)
+                                         body.get("password"), actor=principal.name, admin_api=True)
         answer: dict[str, Any] = {"user": user_admin.describe(created.user, self._accounts.now())}
         if created.generated_password:
             answer["password"] = created.generated_password
@@ -202,19 +219,19 @@ class AccountApi:
         actor = principal.name
         answer: dict[str, Any] = {}
         if action == "reset-password":
-            answer["password"] = user_admin.reset_password(self._store, name, actor=actor)
+            answer["password"] = user_admin.reset_password(self._store, name, actor=actor, admin_api=True)
             answer["message"] = ("generated password: shown only in this answer; the user's sessions have ended "
                                  "and any lockout is cleared")
         elif action in ("disable", "enable"):
-            user_admin.set_disabled(self._store, name, action == "disable", actor=actor)
+            user_admin.set_disabled(self._store, name, action == "disable", actor=actor, admin_api=True)
         else:
-            user_admin.unlock(self._store, name, actor=actor)
+            user_admin.unlock(self._store, name, actor=actor, admin_api=True)
         answer["user"] = user_admin.describe(user_admin.get_user(self._store, name), self._accounts.now())
         return Response.json(answer, headers=NO_STORE)
 
     def user_totp(self, req: Request, principal: Principal | None) -> Response:
         assert principal is not None
-        user_admin.reset_totp(self._store, req.groups[0], actor=principal.name)
+        user_admin.reset_totp(self._store, req.groups[0], actor=principal.name, admin_api=True)
         return Response.json({"user": user_admin.describe(user_admin.get_user(self._store, req.groups[0]),
                                                           self._accounts.now())})
 
@@ -229,6 +246,7 @@ def routes(accounts: Accounts, store: Store) -> list[tuple[str, str, Handler]]:
         ("/securepacs/api/me/password", ("POST",), AUTHENTICATED, api.change_password),
         ("/securepacs/api/me/totp", ("POST", "DELETE"), AUTHENTICATED, api.totp),
         ("/securepacs/api/me/totp/confirm", ("POST",), AUTHENTICATED, api.totp_confirm),
+        ("/securepacs/api/me/totp/remove", ("POST",), AUTHENTICATED, api.totp_remove),
         ("/securepacs/api/users", ("GET", "POST"), ADMIN, api.users),
         (f"/securepacs/api/users/{_USER}", ("GET",), ADMIN, api.user),
         (f"/securepacs/api/users/{_USER}/(disable|enable|reset-password|unlock)", ("POST",), ADMIN, api.user_action),

@@ -13,16 +13,20 @@ Three ways to present credentials on a request:
   ``SameSite=Strict`` and no CORS, another site can neither send the cookie nor set that header.
 
 Wrong passwords (and wrong TOTP codes) count towards a lockout of ``max_login_failures`` attempts for
-``lockout_seconds``; while locked, no password is checked at all.
+``lockout_seconds``; while locked, no password is checked at all. Before that, the client address is
+throttled (:mod:`securepacs.throttle`): attempts it sends while throttled are refused unchecked and count
+against no account, so one address cannot lock anybody out. Unknown, locked and throttled-free refusals
+all pay one scrypt verification, so timing does not tell them from a wrong password.
+
+Service accounts (role ``gateway``) exist only for internal callers: they are accepted only on a request
+the HTTP layer marks ``internal`` (loopback, not through nginx), never lock, never log in to a session,
+and to anybody else they look exactly like an unknown user name.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import logging
-import re
 import secrets
 import threading
 import time
@@ -30,9 +34,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from securepacs import passwords, totp
-from securepacs.identity import CLINIC_ROLES, ROLES, Principal
+from securepacs.credentials import (
+    CSRF_HEADER,
+    CSRF_VALUE,
+    DUMMY_HASH,
+    LOGIN_FAILED,
+    NO_CREDENTIALS,
+    PENDING_TOTP_SECONDS,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    THROTTLED,
+    TOKEN_RE,
+    TOUCH_SECONDS,
+    AuthEvent,
+    AuthResult,
+    CredentialCache,
+    LoginFailed,
+    LoginResult,
+    Throttled,
+    TotpEnrolment,
+    TotpRequired,
+    cookie_value,
+    session_token,
+    token_hash,
+)
+from securepacs.identity import CLINIC_ROLES, ROLES, SERVICE_ROLES, Principal
 from securepacs.plugin_config import PluginConfig
 from securepacs.store import Session, Store, User
+from securepacs.throttle import AddressThrottle
 from securepacs.user_admin import (
     AccountError,
     UnknownUser,
@@ -43,39 +72,12 @@ from securepacs.user_admin import (
 )
 
 __all__ = [
-    "AccountError", "AccountSettings", "Accounts", "AuthResult", "LoginFailed", "LoginResult", "TotpEnrolment",
-    "TotpRequired", "check_password_strength", "cookie_value", "session_token", "token_hash",
+    "CSRF_HEADER", "CSRF_VALUE", "LOGIN_FAILED", "NO_CREDENTIALS", "SESSION_COOKIE", "THROTTLED",
+    "AccountError", "AccountSettings", "Accounts", "AuthResult", "LoginFailed", "LoginResult", "Throttled",
+    "TotpEnrolment", "TotpRequired", "check_password_strength", "cookie_value", "session_token", "token_hash",
 ]
 
 log = logging.getLogger(__name__)
-
-SESSION_COOKIE = "securepacs_session"
-CSRF_HEADER = "x-requested-with"
-CSRF_VALUE = "SecurePACS"
-SAFE_METHODS = frozenset({"GET"})  # the only safe method Orthanc's filter reports (HEAD arrives as GET)
-TOUCH_SECONDS = 30.0  # write last_seen at most this often: one DB write per half minute, not per request
-PENDING_TOTP_SECONDS = 600
-NO_CREDENTIALS = "no valid credentials"
-LOGIN_FAILED = "login failed: wrong user name, password or code, or the account is locked or disabled"
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
-AuthEvent = Callable[[str, str, str, bool, str], None]
-
-# A valid scrypt hash of a random string (same parameters as real hashes): unknown users cost the same
-# verification as real ones, so response timing does not reveal which user names exist.
-_DUMMY_HASH = (
-    "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
-)
-
-
-class LoginFailed(AccountError):
-    """Credentials refused. The message is deliberately the same for every cause (no user enumeration)."""
-
-    status = 403  # not 401: Orthanc can only send 401 with a Basic challenge, which makes browsers prompt
-
-
-class TotpRequired(LoginFailed):
-    """The password was right, the account has a second factor, and no code was sent."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class AccountSettings:
     lockout_seconds: int = 900
     auth_cache_seconds: int = 60
     totp_issuer: str = "SecurePACS"
+    # Per client address and user name: this many failures throttle that address (below
+    # max_login_failures, so one address cannot lock an account); 0 turns the throttle off.
+    address_max_failures: int = 4
+    address_backoff_seconds: int = 60
 
     @classmethod
     def from_config(cls, config: PluginConfig) -> AccountSettings:
@@ -95,56 +101,9 @@ class AccountSettings:
             max_login_failures=config.max_login_failures,
             lockout_seconds=config.lockout_seconds,
             auth_cache_seconds=config.auth_cache_seconds,
+            address_max_failures=config.address_max_failures,
+            address_backoff_seconds=config.address_backoff_seconds,
         )
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    """``principal`` is None when refused. ``username`` is set only once credentials were verified (a correct
-    password or a live session), so a refusal's user name is never just what the client claimed."""
-
-    principal: Principal | None
-    reason: str
-    username: str | None = None
-    scheme: str | None = None  # basic | bearer | cookie
-
-
-@dataclass(frozen=True)
-class LoginResult:
-    token: str
-    username: str
-    expires_at: float  # absolute expiry, epoch seconds
-    idle_seconds: int
-
-
-@dataclass(frozen=True)
-class TotpEnrolment:
-    secret: str  # base32, for manual entry
-    uri: str  # otpauth:// URI, for a QR code
-    expires_at: float  # confirm before this, or begin again
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def cookie_value(header: str, name: str) -> str | None:
-    """The first cookie called ``name`` in a ``Cookie`` header (tokens need no unquoting)."""
-    for part in header.split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep and key == name:
-            return value.strip()
-    return None
-
-
-def session_token(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """(token, scheme) of the session a request presents, from ``Authorization: Bearer`` or the cookie."""
-    authorization = headers.get("authorization", "")
-    if authorization:
-        scheme, _, value = authorization.strip().partition(" ")
-        return (value.strip() or None, "bearer") if scheme.lower() == "bearer" else (None, None)
-    token = cookie_value(headers.get("cookie", ""), SESSION_COOKIE)
-    return (token, "cookie") if token else (None, None)
 
 
 class Accounts:
@@ -156,13 +115,14 @@ class Accounts:
         self._on_event: AuthEvent = on_event or (lambda *_args: None)
         self.settings = settings or AccountSettings()
         self._clock = clock
-        self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache = CredentialCache(self.settings.auth_cache_seconds)
         self._pending_totp: dict[str, tuple[str, float]] = {}
         # Last accepted TOTP step per user: a code cannot be replayed. In memory: only the plugin process
         # checks codes, and after a restart the window of a captured code has long passed.
         self._last_totp_step: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._throttle = AddressThrottle(self.settings.address_max_failures, self.settings.address_backoff_seconds,
+                                         self.settings.lockout_seconds)
         # Idle time counts from the last *written* last_seen, which lags the last request by less than
         # this interval: a session may end up to that much early, never late. Touch often enough that a
         # short idle limit (tests, strict sites) still sees the activity.
@@ -172,14 +132,18 @@ class Accounts:
         return self._clock()
 
     # -- per-request authentication --------------------------------------------------------------------
-    def authenticate(self, method: str, headers: Mapping[str, str], client_ip: str = "") -> AuthResult:
-        """Who sent this request (``headers`` with lower-case names), or why nobody acceptable did."""
+    def authenticate(self, method: str, headers: Mapping[str, str], client_ip: str = "", *,
+                     internal: bool = False) -> AuthResult:
+        """Who sent this request (``headers`` with lower-case names), or why nobody acceptable did.
+
+        ``internal``: the request came from a local process, not through nginx (decided by the HTTP layer);
+        only then are service accounts accepted."""
         authorization = headers.get("authorization", "")
         if authorization:
             # An explicit Authorization header wins; a bad one never falls back to the cookie.
             scheme, _, value = authorization.strip().partition(" ")
             if scheme.lower() == "basic":
-                return self._basic(value.strip(), client_ip)
+                return self._basic(value.strip(), client_ip, internal)
             if scheme.lower() == "bearer":
                 return self._session(value.strip(), "bearer", method, headers)
             return AuthResult(None, NO_CREDENTIALS)
@@ -188,7 +152,7 @@ class Accounts:
             return self._session(token, "cookie", method, headers)
         return AuthResult(None, NO_CREDENTIALS)
 
-    def _basic(self, value: str, client_ip: str) -> AuthResult:
+    def _basic(self, value: str, client_ip: str, internal: bool) -> AuthResult:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
@@ -198,44 +162,52 @@ class Accounts:
             return AuthResult(None, NO_CREDENTIALS)
         user = self._store.get_user(username)
         now = self._clock()
+        if user is not None and user.role in SERVICE_ROLES:
+            if internal:
+                return self._service_basic(user, password, client_ip, now)
+            user = None  # from outside, a service account is indistinguishable from an unknown name
+        wait = self._throttle.blocked_for(client_ip, username, now)
+        if wait:
+            self._on_event("basic", username, client_ip, False, THROTTLED)
+            return AuthResult(None, f"{THROTTLED}: {wait:.0f} s left")
         if user is None:
-            passwords.verify_password(password, _DUMMY_HASH)
+            passwords.verify_password(password, DUMMY_HASH)
+            self._address_failure(username, client_ip, now)
             log.warning("authentication failed for user %r from %r: no such user", username, client_ip)
             self._on_event("basic", username, client_ip, False, "no such user")
             return AuthResult(None, NO_CREDENTIALS)
         if user.totp_secret is not None:
-            passwords.verify_password(password, _DUMMY_HASH)  # same cost, and no password oracle for this user
+            passwords.verify_password(password, DUMMY_HASH)  # same cost, and no password oracle for this user
             return AuthResult(None, f"user {username!r} has a second factor: HTTP Basic is not accepted, "
                                     "log in at /securepacs/login")
         if is_locked(user, now):
+            passwords.verify_password(password, DUMMY_HASH)  # a locked account answers as slowly as any other
+            self._address_failure(username, client_ip, now)
             self._on_event("basic", username, client_ip, False, "account locked")
             return AuthResult(None, f"user {username!r} is locked after repeated failed logins")
-        digest = hmac.new(self._cache_key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
-        if not self._cached(digest, user, now):
-            if not passwords.verify_password(password, user.password_hash):
-                self._failure(user, client_ip, "HTTP Basic")
-                return AuthResult(None, NO_CREDENTIALS)
-            self._remember(digest, user, now)
+        if not self._cache.verified(username, password, user.password_hash, now,
+                                    lambda: passwords.verify_password(password, user.password_hash)):
+            self._failure(user, client_ip, "HTTP Basic")
+            return AuthResult(None, NO_CREDENTIALS)
         if user.failed_logins:
             self._store.clear_login_failures(user.username)
+        self._throttle.success(client_ip, username)
         return self._accept(user, "basic")
 
-    def _cached(self, digest: bytes, user: User, now: float) -> bool:
-        with self._lock:
-            hit = self._cache.get(digest)
-        # Valid only while the stored hash is unchanged: a password change takes effect at once.
-        return hit is not None and hit[1] > now and hit[0] == user.password_hash
-
-    def _remember(self, digest: bytes, user: User, now: float) -> None:
-        if not self.settings.auth_cache_seconds:
-            return
-        with self._lock:
-            if len(self._cache) > 10_000:  # bound memory; the next requests just pay scrypt again
-                self._cache.clear()
-            self._cache[digest] = (user.password_hash, now + self.settings.auth_cache_seconds)
+    def _service_basic(self, user: User, password: str, client_ip: str, now: float) -> AuthResult:
+        """A service account on an internal request: checked, cached, audited when wrong — never locked or
+        throttled (its password is 128 random bits; a lockout would only let others switch it off)."""
+        if not self._cache.verified(user.username, password, user.password_hash, now,
+                                    lambda: passwords.verify_password(password, user.password_hash)):
+            log.warning("authentication of service account %r from %r failed: wrong password (service "
+                        "accounts do not lock)", user.username, client_ip)
+            self._on_event("basic", user.username, client_ip, False,
+                           "wrong password for a service account (not counted towards a lockout)")
+            return AuthResult(None, NO_CREDENTIALS)
+        return self._accept(user, "basic")
 
     def _session(self, token: str, scheme: str, method: str, headers: Mapping[str, str]) -> AuthResult:
-        if not _TOKEN_RE.match(token):
+        if not TOKEN_RE.match(token):
             return AuthResult(None, NO_CREDENTIALS)
         if scheme == "cookie" and method not in SAFE_METHODS and headers.get(CSRF_HEADER) != CSRF_VALUE:
             return AuthResult(None, f"cookie-authenticated {method} without header X-Requested-With: {CSRF_VALUE} "
@@ -255,7 +227,7 @@ class Accounts:
             log.info("session of user %r ended after %d s without activity", session.username, idle)
             return AuthResult(None, f"session expired after {idle} s without activity")
         user = self._store.get_user(session.username)
-        if user is None:
+        if user is None or user.role in SERVICE_ROLES:
             self._store.delete_session(digest)
             return AuthResult(None, "unknown or ended session")
         if now - session.last_seen >= self._touch_seconds:
@@ -284,8 +256,9 @@ class Accounts:
 
     def _failure(self, user: User, client_ip: str, via: str) -> None:
         s = self.settings
-        count = self._store.record_login_failure(user.username, self._clock(), s.max_login_failures,
-                                                 s.lockout_seconds)
+        now = self._clock()
+        self._address_failure(user.username, client_ip, now)
+        count = self._store.record_login_failure(user.username, now, s.max_login_failures, s.lockout_seconds)
         kind = "basic" if via == "HTTP Basic" else "login"
         self._on_event(kind, user.username, client_ip, False, f"wrong credentials via {via} ({count} in a row)")
         if count >= s.max_login_failures:
@@ -296,6 +269,13 @@ class Accounts:
         else:
             log.warning("authentication failed for user %r via %s from %r (failure %d of %d)",
                         user.username, via, client_ip, count, s.max_login_failures)
+
+    def _address_failure(self, username: str, client_ip: str, now: float) -> None:
+        block = self._throttle.failure(client_ip, username, now)
+        if block:
+            log.warning("client address %r throttled for %.0f s after repeated failed attempts (last for user "
+                        "%r): its attempts are refused unchecked and count against no account",
+                        client_ip, block, username)
 
     # -- sessions ------------------------------------------------------------------------------------------
     def login(self, username: str, password: str, totp_code: str | None, client_ip: str) -> LoginResult:
@@ -318,6 +298,7 @@ class Accounts:
                 raise LoginFailed(LOGIN_FAILED)
         if user.failed_logins:
             self._store.clear_login_failures(user.username)
+        self._throttle.success(client_ip, user.username)
         token = secrets.token_urlsafe(32)
         expires = now + self.settings.session_max_seconds
         self._store.create_session(token_hash(token), user.username, now, expires)
@@ -326,14 +307,27 @@ class Accounts:
         return LoginResult(token, user.username, expires, self.settings.session_idle_seconds)
 
     def _verified(self, username: str, password: str, client_ip: str, via: str) -> User:
-        """The user if ``password`` is theirs and they are not locked; counts a wrong password."""
+        """The user if ``password`` is theirs and they are not locked; counts a wrong password.
+
+        Every refusal but a throttled address costs one scrypt verification (unknown and locked users
+        against a dummy hash), so the time taken does not tell them apart. Service accounts never log
+        in: here they are unknown names."""
+        now = self._clock()
+        wait = self._throttle.blocked_for(client_ip, username, now)
+        if wait:
+            log.info("%s for user %r from %r refused: address throttled", via, username, client_ip)
+            self._on_event("login", username, client_ip, False, THROTTLED)
+            raise Throttled(wait)
         user = self._store.get_user(username)
-        if user is None:
-            passwords.verify_password(password, _DUMMY_HASH)
+        if user is None or user.role in SERVICE_ROLES:
+            passwords.verify_password(password, DUMMY_HASH)
+            self._address_failure(username, client_ip, now)
             log.warning("%s failed for user %r from %r: no such user", via, username, client_ip)
             self._on_event("login", username, client_ip, False, "no such user")
             raise LoginFailed(LOGIN_FAILED)
-        if is_locked(user, self._clock()):
+        if is_locked(user, now):
+            passwords.verify_password(password, DUMMY_HASH)
+            self._address_failure(username, client_ip, now)
             log.warning("%s of user %r from %r refused: account locked", via, username, client_ip)
             self._on_event("login", username, client_ip, False, "account locked")
             raise LoginFailed(LOGIN_FAILED)
@@ -352,7 +346,7 @@ class Accounts:
 
     def session(self, token: str) -> Session | None:
         """The stored session for ``token`` (read only: no touch, no expiry handling)."""
-        return self._store.get_session(token_hash(token)) if _TOKEN_RE.match(token) else None
+        return self._store.get_session(token_hash(token)) if TOKEN_RE.match(token) else None
 
     # -- self-service ----------------------------------------------------------------------------------
     def change_password(self, username: str, old: str, new: str, client_ip: str = "") -> None:
@@ -373,7 +367,7 @@ class Accounts:
         user = self._verified(username, password, client_ip, "TOTP enrolment")
         if user.totp_secret is not None:
             raise AccountError(f"user {user.username!r} already has a second factor: expected none (remove it "
-                               "first with DELETE /securepacs/api/me/totp)")
+                               "first with POST /securepacs/api/me/totp/remove)")
         secret = totp.new_secret()
         expires = self._clock() + PENDING_TOTP_SECONDS
         with self._lock:
@@ -400,15 +394,21 @@ class Accounts:
             self._last_totp_step[username] = step  # the confirming code cannot also serve to log in
         log.info("user %r enrolled a second factor", username)
 
-    def disable_totp(self, username: str) -> None:
-        """Remove the user's own second factor; every session of the user ends (including this one)."""
-        user = self._store.get_user(username)
-        if user is None:
-            raise UnknownUser(f"unknown user {username!r}")
+    def disable_totp(self, username: str, password: str, code: str, client_ip: str = "") -> None:
+        """Remove the user's own second factor; every session of the user ends (including this one).
+
+        Needs the password and a current code, like a login: a stolen session (or an unattended browser)
+        must not be able to downgrade the account to password only."""
+        if not isinstance(password, str) or not isinstance(code, str):
+            raise AccountError("'password' and 'code' must be strings")
+        user = self._verified(username, password, client_ip, "TOTP removal")
         if user.totp_secret is None:
-            raise AccountError(f"user {username!r} has no second factor: expected one to remove")
-        self._store.set_totp_secret(username, None)
-        log.info("user %r removed their second factor", username)
+            raise AccountError(f"user {user.username!r} has no second factor: expected one to remove")
+        if not self._accept_totp(user.username, user.totp_secret, code, self._clock()):
+            self._failure(user, client_ip, "TOTP removal (code)")
+            raise LoginFailed(LOGIN_FAILED)
+        self._store.set_totp_secret(user.username, None)
+        log.info("user %r removed their second factor", user.username)
 
     def _accept_totp(self, username: str, secret: str, code: str, now: float) -> bool:
         step = totp.matching_step(secret, code, now) if isinstance(code, str) else None

@@ -25,19 +25,21 @@ from securepacs import (
     retrieve_policy,
 )
 from securepacs.accounts import Accounts, AccountSettings
-from securepacs.audit import AuditTrail, codes
+from securepacs.audit import ActiveParticipant, AuditTrail, codes
 from securepacs.audit_api import AuditApi
 from securepacs.auditing import Auditor
-from securepacs.http_auth import HTTP_METHODS, HttpAuthenticator
+from securepacs.http_auth import FORGED, HTTP_METHODS, NOT_INTERNAL, HttpAuthenticator
 from securepacs.identity import CLINIC_DEVICE, GATEWAY, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
-from securepacs.move import MoveRefused, MoveService
+from securepacs.move import MovePlan, MoveRefused, MoveService
+from securepacs.orthanc_tools import OrthancTools
 from securepacs.plugin_config import PluginConfig
 from securepacs.policy import OWNERSHIP_URI, HttpPolicy
 from securepacs.store import Clinic, Store, StoreError
 from securepacs.stored_check import StoredInstanceCheck
 from securepacs.stow import StowService
 from securepacs.studies import StudyList
+from securepacs.subjects import StudyRef, Subjects, patient_ids
 from securepacs.tenancy import Tenancy
 from securepacs.web import Request, Response
 from securepacs.webapp.service import WebApp
@@ -46,9 +48,12 @@ log = logging.getLogger(__name__)
 
 AnyHandler = Callable[[Request, Principal | None], Response]
 # Orthanc's HTTP port listens on loopback only (RemoteAccessAllowed false): every request to a plugin
-# route comes through nginx, whose client-address header the routes may therefore trust.
+# route comes from this host, through nginx (which adds its secret) or from a local service.
 PROXY_PEER = "127.0.0.1"
 AET_CACHE_SECONDS = 1.0
+# Sent by the gateway with each ownership check (securepacs.gateway.ownership.CALLING_AET_HEADER; not
+# imported: the plugin does not load the gateway package).
+CALLING_AET_HEADER = "x-securepacs-calling-aet"
 
 
 class OrthancRest(Protocol):
@@ -68,12 +73,14 @@ class SecurePacsApp:
         orthanc_system: Callable[[], Mapping[str, Any]],
     ):
         self.config = config
+        self._rest = rest
         self.store = Store(config.store_path)
         self.tenancy = Tenancy(self.store, rest, on_security_event=self.security_event)
         trail = (AuditTrail(config.audit_trail, signing_key=config.audit_checkpoint_key,
                             checkpoint_interval=config.audit_checkpoint_seconds) if config.audit_trail else None)
+        self.subjects = Subjects(rest, self.tenancy, self.store)
         self.audit = Auditor(trail, config.archive_aet, study_of=self.tenancy.study_of,
-                             study_uid_of=self.tenancy.study_uid_of)
+                             study_uid_of=self.tenancy.study_uid_of, instance_study_uid=self._instance_study_uid)
         self.audit_api = AuditApi(self.audit)
         self.policy = HttpPolicy(self.tenancy)
         self.accounts = Accounts(self.store, AccountSettings.from_config(config), on_event=self.audit.authentication)
@@ -82,6 +89,7 @@ class SecurePacsApp:
             self.policy.decide,
             trusted_proxies=config.trusted_proxies,
             client_ip_header=config.client_ip_header,
+            proxy_secret=config.proxy_secret,
         )
         self.modalities = ModalitySync(self.store, modality_api, config.move_relay_port, config.dicom_tls)
         self.queries = dicom_query.QueryEngine(rest, study_uids=self.store.study_uids_of)
@@ -92,6 +100,10 @@ class SecurePacsApp:
         self._orthanc_system = orthanc_system
         self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
         self.webapp = WebApp(rest, self.audit)  # type: ignore[arg-type]  # adapter.RestApi also reads bytes
+
+    def _instance_study_uid(self, sop_uid: str) -> str | None:
+        ref = self.subjects.of_instance_uid(sop_uid)
+        return ref.uid if ref else None
 
     def security_event(self, kind: str, details: Mapping[str, Any]) -> None:
         """A refused cross-tenant attempt. The audit trail records the details; the operational log gets
@@ -155,17 +167,41 @@ class SecurePacsApp:
         return [dicom_query.encode_answer(ds) for ds in answers]
 
     def on_move(self, request: Mapping[str, str]) -> None:
-        caller = request.get("OriginatorAET") or ""
-        destination = self.audit.dicom_peer(request.get("TargetAET") or "", None)
-        studies = [uid for uid in (request.get("StudyInstanceUID") or "").split("\\") if uid.strip()]
+        caller = request.get("OriginatorAET") or "unknown"
+        destination = self.audit.dicom_peer(request.get("TargetAET") or "unknown", None)
+        requestor = dataclasses.replace(self.audit.dicom_peer(caller, None), is_requestor=True)
+        level = (request.get("Level") or "").upper()
+        # DICOM calls the level IMAGE; Orthanc passes INSTANCE.
+        via = f"C-MOVE by {caller} at {'IMAGE' if level == 'INSTANCE' else level} level"
+        plan: MovePlan | None = None
+        studies: list[StudyRef] = []
         try:
-            self.moves.move(request)
+            plan = self.moves.plan(request)
+            # The record names the studies the moved series/instances lie in, and their patients.
+            studies, _ = self.subjects.of_orthanc_ids(plan.resources)
+            destination, requestor = self._move_peers(plan, destination, requestor)
+            self.moves.send(plan, request)
         except MoveRefused as exc:
             log.warning("C-MOVE refused: %s", exc)
-            self.audit.retrieved(destination, studies, via=f"C-MOVE by {caller}",
-                                 outcome=codes.OUTCOME_SERIOUS_FAILURE, description=str(exc))
+            # Planned: the resolved studies. Refused while planning: only what the request itself said
+            # (nothing is resolved for resources that may be another clinic's).
+            named = ([s.uid for s in studies] if plan is not None else
+                     [uid for uid in (request.get("StudyInstanceUID") or "").split("\\") if uid.strip()])
+            self.audit.retrieved(destination, named, via=via, outcome=codes.OUTCOME_SERIOUS_FAILURE,
+                                 description=str(exc), others=[requestor], patient_ids=patient_ids(studies))
             raise
-        self.audit.retrieved(destination, studies, via=f"C-MOVE by {caller}")
+        self.audit.retrieved(destination, [s.uid for s in studies], via=via, patient_ids=patient_ids(studies),
+                             others=[requestor])
+
+    def _move_peers(self, plan: MovePlan, destination: ActiveParticipant,
+                    requestor: ActiveParticipant) -> tuple[ActiveParticipant, ActiveParticipant]:
+        """Destination and requestor of a planned move, with their clinic and the destination's address."""
+        try:
+            clinic = self.store.get_clinic(plan.clinic)
+        except StoreError:
+            return destination, requestor
+        return (dataclasses.replace(destination, clinic=clinic.name, network_access_point=clinic.move_host),
+                dataclasses.replace(requestor, clinic=clinic.name))
 
     # -- HTTP ------------------------------------------------------------------------------------------
     def filter_http(
@@ -185,23 +221,31 @@ class SecurePacsApp:
             (r"/securepacs/api/studies", "authenticated", self.study_list),
             (r"/securepacs/dicom-web/(studies|series|instances)", "authenticated", self.dicomweb),
             (r"/securepacs/api/clinics", "admin", self.clinic_list),
-            (OWNERSHIP_URI, "authenticated", self.ownership),
+            (OWNERSHIP_URI, "internal", self.ownership),
             (r"/securepacs/api/audit", "authenticated", self.audit_api.handle),
         ]
+        tools = [(pattern, "admin", handler)
+                 for pattern, handler in OrthancTools(self._rest, self.subjects, self.audit).routes()]
         return [(pattern, self.bind(handler, access))
-                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store),
-                                                          *self.webapp.routes()]]
+                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store), *tools,
+                                                 *self.webapp.routes()]]
 
     def bind(self, handler: AnyHandler, access: str = "authenticated") -> Callable[[Request], Response]:
         """Give a route handler the request's principal and client address. Authenticated again here:
         Orthanc does not pass the filter's result on (the credential cache makes this cheap)."""
 
         def serve(req: Request) -> Response:
-            ip = self.auth.client_ip(PROXY_PEER, req.headers)
+            origin = self.auth.origin(PROXY_PEER, req.headers)
+            if origin.forged:
+                return Response.error(403, FORGED)
+            if access == "internal" and not origin.internal:  # the filter refused it already; defence in depth
+                return Response.error(403, NOT_INTERNAL)
+            ip = origin.client_ip
             req = dataclasses.replace(req, client_ip=ip)
             # Anonymous routes (login) do not look at credentials: a stray wrong Basic header on a login
             # request must not count towards the account's lockout.
-            principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip)
+            principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip,
+                                                                                internal=origin.internal)
             # "page" handlers answer a caller without a session themselves (a redirect to the login page).
             if principal is None and access not in ("anonymous", "page"):
                 return Response.error(403, "authentication required")
@@ -230,9 +274,14 @@ class SecurePacsApp:
         if not allowed:
             self.security_event("cross-tenant-read", {"clinic": clinic, "level": level, "reason": reason})
         else:
-            # The gateway forwards the C-GET only after this answer: this is the retrieve's record.
-            peer = self.audit.dicom_peer(str(req.headers.get("x-securepacs-calling-aet", clinic)), clinic)
-            self.audit.retrieved(peer, keys.get("StudyInstanceUID", []), via=f"C-GET at {level} level")
+            # The gateway forwards the C-GET only after this answer: this is the retrieve's record. It names
+            # the calling AE title the gateway saw (if it is one of the clinic's) and the studies, with their
+            # patients, that the requested studies/series/instances lie in.
+            calling = str(req.headers.get(CALLING_AET_HEADER) or "")
+            peer = self.audit.dicom_peer(calling if calling in known.aets else clinic, clinic)
+            studies = self.subjects.of_uids(keys)
+            self.audit.retrieved(peer, [s.uid for s in studies], via=f"C-GET at {level} level",
+                                 patient_ids=patient_ids(studies))
         return Response.json({"allowed": allowed, "reason": reason})
 
     def clinic_list(self, req: Request, principal: Principal | None) -> Response:

@@ -17,7 +17,7 @@ import logging
 import re
 import socket
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from securepacs.audit import ActiveParticipant, AuditRecord, AuditSource, AuditTrail, codes, events
@@ -27,13 +27,15 @@ from securepacs.tenancy import ORTHANC_ID_PATTERN, InstanceIds
 log = logging.getLogger(__name__)
 
 QIDO_RS = "QIDO-RS"  # the query object's ID for HTTP searches (no SOP class; the query text says which)
+ORTHANC_FIND = "ORTHANC-TOOLS-FIND"  # the query object's ID for Orthanc's POST /tools/find (its JSON body)
 
 _ID = ORTHANC_ID_PATTERN
 _ORTHANC_RESOURCE = re.compile(rf"/(studies|series|instances|patients)/({_ID})(/.*)?")
 _DICOMWEB_STUDY = re.compile(r"/dicom-web/studies/([0-9.]{1,64})(?:/.*)?")
-_EXPORTS = re.compile(rf"/(?:studies|series|patients)/{_ID}/(?:archive|media)|/tools/create-(?:archive|media)"
-                      r"(?:-extended)?")
-_QUERIES = re.compile(r"/securepacs/api/studies|/securepacs/dicom-web/(?:studies|series|instances)|/tools/find"
+# POST /tools/find and /tools/create-archive|media name their data in the body, which the filter never
+# sees: the plugin's routes over those URIs record them (``securepacs.orthanc_tools``), not this filter.
+_EXPORTS = re.compile(rf"/(?:studies|series|patients)/{_ID}/(?:archive|media)")
+_QUERIES = re.compile(r"/securepacs/api/studies|/securepacs/dicom-web/(?:studies|series|instances)"
                       r"|/dicom-web/(?:studies|series|instances)")
 _ACCOUNT_ADMIN = re.compile(r"/securepacs/api/users(?:/.*)?")
 _CONFIGURATION = re.compile(r"/(?:modalities|peers|tools/(?:reset|shutdown|log-level|default-encoding))(?:/.*)?")
@@ -41,16 +43,20 @@ _CONFIGURATION = re.compile(r"/(?:modalities|peers|tools/(?:reset|shutdown|log-l
 # (level of an Orthanc ID) -> the Orthanc study ID above it, or None; and Orthanc study ID -> study UID.
 StudyOf = Callable[[str, str], "str | None"]
 StudyUidOf = Callable[[str], "str | None"]
+# SOP Instance UID -> the Study Instance UID of the study holding it (WADO-URI may name the object alone).
+InstanceStudyUid = Callable[[str], "str | None"]
 
 
 class Auditor:
     def __init__(self, trail: AuditTrail | None, archive_aet: str, *,
-                 study_of: StudyOf | None = None, study_uid_of: StudyUidOf | None = None):
+                 study_of: StudyOf | None = None, study_uid_of: StudyUidOf | None = None,
+                 instance_study_uid: InstanceStudyUid | None = None):
         self.trail = trail
         self.source = AuditSource(f"securepacs@{socket.gethostname()}", site=archive_aet)
         self.archive = ActiveParticipant(archive_aet, ae_title=archive_aet)
         self._study_of = study_of or (lambda _level, _id: None)
         self._study_uid_of = study_uid_of or (lambda _id: None)
+        self._instance_study_uid = instance_study_uid or (lambda _uid: None)
         if trail is None:
             log.error("audit trail DISABLED by configuration (SecurePACS.AuditTrail = null): not for production")
 
@@ -97,13 +103,15 @@ class Auditor:
         self.write(events.query(self.source, requestor, self.archive, sop_class_uid, query, outcome=outcome,
                                 details=details))
 
-    def retrieved(self, destination: ActiveParticipant, study_uids: list[str], *, via: str,
-                  outcome: int = codes.OUTCOME_SUCCESS, description: str | None = None) -> None:
-        """Instances sent from here (C-MOVE to a clinic's node, C-GET through the gateway)."""
-        studies = [events.study(uid) for uid in study_uids]
+    def retrieved(self, destination: ActiveParticipant, study_uids: Iterable[str], *, via: str,
+                  outcome: int = codes.OUTCOME_SUCCESS, description: str | None = None,
+                  patient_ids: Iterable[str] = (), others: Iterable[ActiveParticipant] = ()) -> None:
+        """Instances sent from here (C-MOVE to a clinic's node, C-GET through the gateway); ``others``: who
+        asked, when that is not the destination (the C-MOVE's requestor)."""
+        subjects = [*(events.study(uid) for uid in study_uids), *(events.patient(p) for p in patient_ids)]
         self.write(events.instances_transferred(
-            self.source, self.archive, destination, studies, None, action="R", outcome=outcome,
-            description=description, details={"via": via},
+            self.source, self.archive, destination, subjects, None, action="R", outcome=outcome,
+            others=others, description=description, details={"via": via},
         ))
 
     # -- HTTP ------------------------------------------------------------------------------------------
@@ -123,9 +131,32 @@ class Auditor:
         if record is not None:
             self.write(record)
 
+    def http_query(self, principal: Principal | None, client_ip: str, uri: str, query: bytes, answers: int, *,
+                   level: str, patient_id: str | None = None) -> None:
+        """A search whose criteria are in the request body (POST /tools/find): the plugin's route records it."""
+        details = {"method": "POST", "uri": uri, "level": level, "answers": str(answers)}
+        if patient_id:
+            details["patient_id"] = patient_id
+        self.write(events.query(self.source, self.http_user(principal, client_ip), self.archive, ORTHANC_FIND,
+                                query, details=details))
+
+    def http_export(self, principal: Principal | None, client_ip: str, uri: str, study_uids: Iterable[str],
+                    patient_ids: Iterable[str] = (), unknown: Iterable[str] = ()) -> None:
+        """An archive or media export whose resources are in the request body (POST /tools/create-archive,
+        /tools/create-media[-extended]): the plugin's route records it before Orthanc builds it."""
+        user = self.http_user(principal, client_ip)
+        subjects = [*(events.study(uid) for uid in study_uids), *(events.patient(p) for p in patient_ids)]
+        details = {"method": "POST", "uri": uri}
+        if unknown := list(unknown):
+            details["unresolved_resources"] = ",".join(unknown)  # Orthanc IDs that name nothing stored
+        self.write(events.export(self.source, user, ActiveParticipant(f"http-download:{user.user_id}"), subjects,
+                                 None, details=details))
+
     def _http_record(self, user: ActiveParticipant, method: str, uri: str,
                      get: Mapping[str, str]) -> AuditRecord | None:
         details = {"method": method, "uri": uri}
+        if uri == "/wado" and get.get("objectUID"):
+            details["sop_instance_uid"] = get["objectUID"]  # the instance itself (the objects name its study)
         if method == "GET" and _QUERIES.fullmatch(uri):
             query = (uri + ("?" + urllib.parse.urlencode(sorted(get.items())) if get else "")).encode()
             return events.query(self.source, user, self.archive, QIDO_RS, query, details=details)
@@ -162,6 +193,10 @@ class Auditor:
             return [events.study(match[1])]
         if uri == "/wado" and get.get("studyUID"):
             return [events.study(get["studyUID"])]
+        if uri == "/wado" and get.get("objectUID"):
+            # Orthanc serves WADO-URI by the object alone; the record still names the study holding it.
+            uid = self._instance_study_uid(get["objectUID"])
+            return [events.study(uid)] if uid else []
         if uri in ("/instances", "/wado"):
             return []
         return None

@@ -119,7 +119,7 @@ def enrol(
 
     clinic = store.add_clinic(name, aet_list, move_host, move_port)
     try:
-        bundle = pki.issue_clinic(name, aet_list, days=days)
+        bundle = pki.issue_clinic(name, aet_list, days=days, move_host=move_host)
     except BaseException:
         store.remove_clinic(name)
         raise

@@ -20,9 +20,20 @@ from typing import Any
 
 from securepacs import passwords, user_admin
 from securepacs.audit import create_checkpoint_key
-from securepacs.identity import GATEWAY
+from securepacs.audit.checkpoints import CHECKPOINTS_FILE
+from securepacs.gateway_account import ensure_gateway_account
 from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
+from securepacs.proxy_secret import ensure_proxy_secret, proxy_dir
+from securepacs.service_accounts import (
+    GATEWAY_ACCOUNT,
+    SIGNER_ACCOUNT,
+    TLS_GROUP,
+    TRAIL_GROUP,
+    AccountError,
+    ensure_service_accounts,
+    gid,
+)
 from securepacs.settings import Settings
 from securepacs.store import Store
 
@@ -35,7 +46,8 @@ PYTHON_PLUGIN = Path(os.environ.get("SECUREPACS_PYTHON_PLUGIN", "/usr/share/orth
 DICOMWEB_PLUGIN = Path(os.environ.get("SECUREPACS_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 CLIENT_IP_HEADER = "X-SecurePACS-Client-IP"
 ADMIN_USER = "admin"
-GATEWAY_USER = "gateway"
+# The gateway's service account is called GATEWAY_USER_PREFIX + 12 random hex digits: a name nobody outside
+# can guess (so nobody can even aim at it), kept with its password in the gateway's credential file.
 
 
 class DeployError(RuntimeError):
@@ -44,10 +56,17 @@ class DeployError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServiceUsers:
-    """Who runs what when started as root: Orthanc drops to ``orthanc``, nginx workers to ``www-data``."""
+    """Who runs what when started as root: one uid per process (least privilege).
+
+    Orthanc + plugin as ``orthanc``, the DICOM gateway as ``securepacs-gw``, the audit signer (the only
+    holder of the checkpoint key) as ``securepacs-audit``, nginx workers as ``www-data`` (in compose nginx
+    runs as ``securepacs-web``). None everywhere when not root: everything runs as the caller.
+    """
 
     orthanc: pwd.struct_passwd | None
     nginx_workers: str | None
+    gateway: pwd.struct_passwd | None = None
+    signer: pwd.struct_passwd | None = None
 
 
 @dataclass(frozen=True)
@@ -69,10 +88,15 @@ def service_users() -> ServiceUsers:
         log.warning("SECUREPACS_USER=root: Orthanc runs as root (least privilege disabled on request)")
         return ServiceUsers(None, "www-data")
     try:
-        return ServiceUsers(pwd.getpwnam(name), "www-data")
+        orthanc = pwd.getpwnam(name)
     except KeyError:
         raise DeployError(f"service user {name!r} does not exist (install the orthanc package or set "
                           "SECUREPACS_USER)") from None
+    try:
+        ensure_service_accounts(name)
+    except AccountError as exc:
+        raise DeployError(str(exc)) from None
+    return ServiceUsers(orthanc, "www-data", pwd.getpwnam(GATEWAY_ACCOUNT), pwd.getpwnam(SIGNER_ACCOUNT))
 
 
 def _chown(path: Path, user: pwd.struct_passwd | None) -> None:
@@ -80,10 +104,12 @@ def _chown(path: Path, user: pwd.struct_passwd | None) -> None:
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _mkdir(path: Path, mode: int, user: pwd.struct_passwd | None = None) -> Path:
+def _mkdir(path: Path, mode: int, user: pwd.struct_passwd | None = None, group: str | None = None) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
     _chown(path, user)
+    if group is not None and user is not None:
+        os.chown(path, -1, gid(group))
+    os.chmod(path, mode)  # after chown: chown clears the setgid bit
     return path
 
 
@@ -103,7 +129,7 @@ def check_reachable(path: Path, user: pwd.struct_passwd | None) -> None:
     for parent in [*reversed(path.parents), path] if path.is_dir() else reversed(path.parents):
         st = parent.stat()
         can = (st.st_uid == user.pw_uid and st.st_mode & 0o100) or (
-            st.st_gid == user.pw_gid and st.st_mode & 0o010) or st.st_mode & 0o001
+            st.st_gid in os.getgrouplist(user.pw_name, user.pw_gid) and st.st_mode & 0o010) or st.st_mode & 0o001
         if not can:
             raise DeployError(
                 f"the service user {user.pw_name!r} cannot enter {parent} (needed for {path}); "
@@ -129,32 +155,35 @@ def ensure_admin(store: Store, credential_path: Path) -> bool:
 
 
 def ensure_audit_key(path: Path, owner: pwd.struct_passwd | None) -> bool:
-    """The Ed25519 key that signs the audit trail's checkpoints (the plugin signs, so the service user
-    reads it); its public half next to it is what ``securepacs audit verify`` checks against."""
-    if path.exists():
-        return False
-    _mkdir(path.parent, 0o755)
-    create_checkpoint_key(path)
+    """The Ed25519 key that signs the audit trail's checkpoints, owned by the signer's account alone
+    (``owner``; Orthanc cannot read it); its public half and the signer's attestations
+    (``checkpoints.jsonl``) next to it are what ``securepacs audit verify`` checks against.
+
+    Existing keys are handed to ``owner`` too: earlier versions let the Orthanc user read it."""
+    _mkdir(path.parent, 0o755, owner)
+    created = not path.exists()
+    if created:
+        create_checkpoint_key(path)
     _chown(path, owner)
-    return True
+    attestations = path.parent / CHECKPOINTS_FILE
+    if attestations.exists():
+        _chown(attestations, owner)
+    return created
 
 
-def ensure_gateway_account(store: Store, credential_path: Path, owner: pwd.struct_passwd | None) -> bool:
-    """The gateway's service account (role ``gateway``: may only ask the plugin who owns what).
-
-    Its password is generated, kept only in a 0600 file the gateway reads, and replaced on every start
-    when the file is missing, so nobody ever needs to know it.
-    """
-    user = store.get_user(GATEWAY_USER)
-    if user is not None and credential_path.exists():
-        return False
-    password = user_admin.generate_password(GATEWAY_USER)
-    _write(credential_path, f"username: {GATEWAY_USER}\npassword: {password}\n", mode=0o600, owner=owner)
-    if user is None:
-        store.add_user(GATEWAY_USER, passwords.hash_password(password), GATEWAY)
-    else:
-        store.set_password(GATEWAY_USER, passwords.hash_password(password))
-    return True
+def ensure_trail(path: Path, writers: pwd.struct_passwd | None) -> None:
+    """The trail's directory and file: the plugin (``writers``) and the gateway append through the
+    trail group, the signer reads through it; nobody else. Created here, empty, so that whichever process
+    appends first (maybe a root CLI) finds the right owner and mode; its first append writes the
+    creation record."""
+    _mkdir(path.parent, 0o2770 if writers else 0o700, writers, TRAIL_GROUP if writers else None)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        if writers is not None:
+            os.fchown(fd, writers.pw_uid, gid(TRAIL_GROUP))
+            os.fchmod(fd, 0o660)
+    finally:
+        os.close(fd)
 
 
 def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str, Any]:
@@ -184,9 +213,11 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
         "SecurePACS": {
             "Store": str(s.store_path),
             "AuditTrail": str(s.audit_trail_path),
-            "AuditCheckpointKey": str(s.audit_key_path),
+            # No AuditCheckpointKey: the plugin must not hold the key (a compromised Orthanc could re-sign a
+            # rewritten trail). The audit signer, under its own uid, attests the trail instead.
             "TrustedProxies": ["127.0.0.1", "::1"],
             "ClientIpHeader": CLIENT_IP_HEADER,
+            "ProxySecretFile": str(proxy_dir(s) / "secret"),
             "MoveRelayPort": s.egress_port,
             **({"SessionIdleSeconds": s.session_idle_seconds} if s.session_idle_seconds else {}),
             **({"InternalHop": "plain"} if s.internal_hop == "plain" else {}),
@@ -222,6 +253,7 @@ def render_nginx(s: Settings, pki: Pki, nginx_dir: Path, users: ServiceUsers) ->
         "server_cert": pki.server_cert_path,
         "server_key": pki.server_key_path,
         "client_ip_header": CLIENT_IP_HEADER,
+        "proxy_secret_conf": proxy_dir(s) / "nginx.conf",
     }
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", str(value))
@@ -241,9 +273,11 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
     if not DICOMWEB_PLUGIN.exists():
         raise DeployError(f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} is missing: install orthanc-dicomweb")
 
-    _mkdir(s.data_dir, 0o750, users.orthanc)
-    check_reachable(s.data_dir, users.orthanc)
-    check_reachable(PLUGIN_SCRIPT, users.orthanc)
+    # The gateway and the signer (trail group members) may pass through to their own entries; nobody lists it.
+    _mkdir(s.data_dir, 0o710 if users.orthanc else 0o750, users.orthanc, TRAIL_GROUP if users.gateway else None)
+    for user in (users.orthanc, users.gateway, users.signer):
+        check_reachable(s.data_dir, user)
+        check_reachable(PLUGIN_SCRIPT, user)
     storage = _mkdir(s.data_dir / "orthanc", 0o700, users.orthanc)
 
     pki = Pki(s.certs_dir)
@@ -257,9 +291,14 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
     else:
         created = pki.ensure_ca()
         created = pki.ensure_server(list(s.hostnames)) or created
-    # Orthanc (unprivileged) needs its key; the CA key stays root-only.
-    _chown(pki.server_key_path, users.orthanc)
-    check_reachable(pki.server_key_path, users.orthanc)
+    # The gateway (DICOM) and nginx (HTTPS; in compose unprivileged) read the server key, Orthanc does not
+    # (it serves only loopback HTTP and the internal hop); the CA key stays root-only.
+    if users.gateway is not None:
+        os.chown(pki.server_key_path, 0, gid(TLS_GROUP))
+        os.chmod(pki.server_key_path, 0o640)
+    else:
+        _chown(pki.server_key_path, users.orthanc)
+    check_reachable(pki.server_key_path, users.gateway or users.orthanc)
     internal = InternalPki(s.certs_dir)
     if internal.ca_key_path.exists() and not os.access(internal.ca_key_path, os.R_OK):
         if not internal.complete():
@@ -269,36 +308,62 @@ def prepare(s: Settings, *, with_nginx: bool = True) -> Prepared:
         created = internal.ensure() or created
         if users.orthanc is not None:
             internal.hand_over(users.orthanc.pw_uid, users.orthanc.pw_gid)
+            for path in (internal.key_path("gateway"), internal.cert_path("gateway")):
+                _chown(path, users.gateway)
 
-    _mkdir(s.audit_dir, 0o700, users.orthanc)
-    ensure_audit_key(s.audit_key_path, users.orthanc)
+    ensure_trail(s.audit_trail_path, users.orthanc)
+    ensure_audit_key(s.audit_key_path, users.signer or users.orthanc)
 
     store = Store(s.store_path)
     try:
         admin_created = ensure_admin(store, s.admin_credential_path)
-        _mkdir(s.gateway_dir, 0o700, users.orthanc)
-        ensure_gateway_account(store, s.gateway_credential_path, users.orthanc)
+        gateway = users.gateway or users.orthanc
+        _mkdir(s.gateway_dir, 0o700, gateway)
+        ensure_gateway_account(store, s.gateway_credential_path, gateway)
+        for path in (s.gateway_credential_path, s.gateway_dir / "events.jsonl"):
+            if path.exists():
+                _chown(path, gateway)  # earlier versions ran the gateway as the Orthanc user
     finally:
         store.close()
+    ensure_proxy_secret(proxy_dir(s), users.orthanc)
+    if users.gateway is not None:
+        # The gateway reads enrolment and revocations (read-only, see gateway/store_view.py), nothing else.
+        os.chown(s.store_path, users.orthanc.pw_uid if users.orthanc else 0, users.gateway.pw_gid)
+        os.chmod(s.store_path, 0o640)
 
     config_dir = _mkdir(s.data_dir / "config", 0o750, users.orthanc)
     _write(config_dir / "00-base.json", base_config_text(s), owner=users.orthanc)
     runtime = json.dumps(orthanc_runtime_config(s, pki, storage), indent=2) + "\n"
     _write(config_dir / "10-runtime.json", runtime, owner=users.orthanc)
 
-    nginx_conf = s.nginx_dir / "nginx.conf"
-    if with_nginx:
-        nginx_dir = _mkdir(s.nginx_dir, 0o755)
-        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            path = _mkdir(nginx_dir / "tmp" / sub, 0o700)
-            if users.nginx_workers:
-                shutil.chown(path, users.nginx_workers)
-        _write(nginx_conf, render_nginx(s, pki, nginx_dir, users))
+    nginx_conf = write_nginx(s, pki, users) if with_nginx else s.nginx_dir / "nginx.conf"
+    return Prepared(s, config_dir, nginx_conf, orthanc_env(), users, admin_created, created)
 
-    env = {
+
+def write_nginx(s: Settings, pki: Pki, users: ServiceUsers) -> Path:
+    nginx_dir = _mkdir(s.nginx_dir, 0o755)
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        path = _mkdir(nginx_dir / "tmp" / sub, 0o700)
+        if users.nginx_workers:
+            shutil.chown(path, users.nginx_workers)
+    nginx_conf = s.nginx_dir / "nginx.conf"
+    _write(nginx_conf, render_nginx(s, pki, nginx_dir, users))
+    return nginx_conf
+
+
+def orthanc_env() -> dict[str, str]:
+    return {
         # Debian's DCMTK leaves Nagle on: ~50 ms idle per C-STORE without this (measured 3.7x).
         "TCP_NODELAY": "1",
         "OPENSSL_CONF": str(ORTHANC_DIR / "openssl.cnf"),
         "PYTHONPATH": os.pathsep.join([str(PLUGIN_SCRIPT.parent), sysconfig.get_paths()["purelib"]]),
     }
-    return Prepared(s, config_dir, nginx_conf, env, users, admin_created, created)
+
+
+def attach(s: Settings, component: str) -> Prepared:
+    """A component started on its own (the compose services, each under its own uid and with only its own
+    mounts): the init step (:func:`prepare`, as root) created everything; this writes nothing but nginx's
+    generated configuration (into its own, e.g. tmpfs, directory) and never touches accounts or the store."""
+    users = service_users()
+    nginx_conf = write_nginx(s, Pki(s.certs_dir), users) if component == "nginx" else s.nginx_dir / "nginx.conf"
+    return Prepared(s, s.data_dir / "config", nginx_conf, orthanc_env(), users, False, False)

@@ -13,6 +13,9 @@ GATEWAY = "gateway"
 ROLES = (ADMIN, PHYSICIAN, CLINIC_DEVICE, AUDITOR, GATEWAY)
 # Roles a person can be given (securepacs user add / REST); service roles are created by deploy only.
 USER_ROLES = (ADMIN, PHYSICIAN, CLINIC_DEVICE, AUDITOR)
+# Service identities: used only by local services on internal requests (never through nginx), they never
+# lock, never hold a session, and admins cannot manage them (deploy does, see deploy.ensure_gateway_account).
+SERVICE_ROLES = frozenset({GATEWAY})
 # Roles that act for exactly one clinic: they must name it, and they only ever see its studies.
 CLINIC_ROLES = frozenset({PHYSICIAN, CLINIC_DEVICE})
 

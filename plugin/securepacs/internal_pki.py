@@ -17,7 +17,9 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 
 from securepacs.pki import (
+    CLOCK_SKEW,
     LEAF_KEY_KIND,
+    MAX_LEAF_DAYS,
     PkiError,
     generate_key,
     load_cert,
@@ -30,7 +32,7 @@ from securepacs.pki import (
 
 log = logging.getLogger(__name__)
 
-LEAF_DAYS = 825
+LEAF_DAYS = MAX_LEAF_DAYS  # the same cap as every other leaf, though no public client ever sees these
 RENEW_BEFORE = timedelta(days=30)
 
 
@@ -85,6 +87,8 @@ class InternalPki:
             cert.verify_directly_issued_by(ca_cert)
         except (PkiError, ValueError, TypeError, InvalidSignature):
             return True
+        if cert.not_valid_after_utc - cert.not_valid_before_utc > timedelta(days=LEAF_DAYS) + CLOCK_SKEW:
+            return True  # issued under the older 825-day policy
         return cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE
 
     def hand_over(self, uid: int, gid: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import ssl
@@ -15,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from securepacs import nginx_log
 from securepacs.deploy import Prepared
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,17 @@ def _gateway_cmd() -> list[str]:
                               "per second (0 disables the limit)") from None
         cmd += ["--rate-per-ip", rate, "--rate-burst", str(burst)]
     return cmd
+
+
+# How often the signer attests the trail's end: the window in which a rewrite of the newest entries would
+# go unnoticed by `audit verify` (the chain still covers them; forwarding covers them too).
+SIGNER_INTERVAL = 5.0
+
+
+def _signer_cmd(p: Prepared) -> list[str]:
+    s = p.settings
+    return [sys.executable, "-m", "securepacs.audit.signer", "--trail", str(s.audit_trail_path),
+            "--key", str(s.audit_key_path), "--interval", str(SIGNER_INTERVAL)]
 
 
 FORWARD_ENV = ("SECUREPACS_AUDIT_SYSLOG_CA", "SECUREPACS_AUDIT_SYSLOG_CERT", "SECUREPACS_AUDIT_SYSLOG_KEY")
@@ -127,11 +140,12 @@ def wait_healthy(
     raise LaunchError(f"{url} did not report healthy within {timeout:.0f} s")
 
 
-COMPONENTS = ("orthanc", "gateway", "nginx")
+COMPONENTS = ("signer", "orthanc", "gateway", "nginx")
 
 
 class Archive:
-    """Orthanc, the gateway and nginx as child processes (or one of them, for the compose services)."""
+    """The audit signer, Orthanc, the gateway and nginx as child processes, each under its own uid when
+    started as root (or one of them, for the compose services)."""
 
     def __init__(self, prepared: Prepared, components: tuple[str, ...] = COMPONENTS):
         self.p = prepared
@@ -140,10 +154,14 @@ class Archive:
         self.gateway: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
         self.forwarder: subprocess.Popen | None = None
+        self.signer: subprocess.Popen | None = None
 
     def start(self) -> dict:
         try:
             report: dict = {}
+            if "signer" in self.components:
+                # First, so it attests from the first record on; it only reads the trail.
+                self.signer = self._spawn(_signer_cmd(self.p), user=self.p.users.signer)
             if "orthanc" in self.components:
                 report = self._start_orthanc()
                 forward = _forwarder_cmd(self.p)
@@ -153,19 +171,27 @@ class Archive:
                 if "orthanc" not in self.components:
                     # Separate service: Orthanc (same network namespace) first; its report feeds the banner.
                     report = wait_healthy(self._internal_health_url(), [])
-                self.gateway = self._spawn(_gateway_cmd())
+                self.gateway = self._spawn(_gateway_cmd(), user=self.p.users.gateway or self.p.users.orthanc)
                 wait_listening(self.p.settings.dicom_port, [p for p in (self.orthanc, self.gateway) if p])
             if "nginx" in self.components:
                 check_nginx_config(self.p)
                 if "orthanc" not in self.components:
                     # Separate service: wait for Orthanc (same network namespace) before serving.
                     wait_healthy(self._internal_health_url(), [])
-                self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True)
+                # Its error log names requests with their query strings (patient data in QIDO searches):
+                # read it through the redactor, as the access log format drops them.
+                self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True, stderr=subprocess.PIPE)
+                nginx_log.forward(self.nginx.stderr, sys.stderr.buffer)
                 report = wait_healthy(
                     f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
                     [p for p in (self.orthanc, self.gateway, self.nginx) if p],
                     context=https_context(self.p.settings.certs_dir / "ca" / "ca.crt"),
                 )
+            if self.components == ("signer",):
+                time.sleep(1.0)
+                if self.signer is not None and self.signer.poll() is not None:
+                    raise LaunchError(f"the audit signer exited with status {self.signer.returncode} during start-up")
+                report = {"version": None, "components": {"orthanc": {}}}
             return report
         except BaseException:
             self.stop()
@@ -174,13 +200,16 @@ class Archive:
     def _internal_health_url(self) -> str:
         return f"http://127.0.0.1:{self.p.settings.http_port}/securepacs/health"
 
-    def _spawn(self, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        """Start a child as the service user (Orthanc and the gateway both run as ``orthanc``)."""
+    def _spawn(self, cmd: list[str], extra_env: dict[str, str] | None = None,
+               user: pwd.struct_passwd | None = None) -> subprocess.Popen:
+        """Start a child as ``user`` (default: the Orthanc service user); not root unless we are not root."""
         env = {**os.environ, **(extra_env or {})}
-        user = self.p.users.orthanc
+        user = user or self.p.users.orthanc
         kwargs: dict = {}
         if user is not None:
-            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            # Its own supplementary groups only (e.g. securepacs-trail to append to the audit trail), not ours.
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid,
+                      "extra_groups": os.getgrouplist(user.pw_name, user.pw_gid)}
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
         # Own process group: Ctrl-C in the terminal reaches only us, and we stop the children in order.
         return subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs)
@@ -205,6 +234,10 @@ class Archive:
         if self.forwarder and self.forwarder.poll() is None:
             self.forwarder.send_signal(signal.SIGTERM)
             _wait(self.forwarder, timeout)
+        # Very last: it attests what everyone wrote while stopping.
+        if self.signer and self.signer.poll() is None:
+            self.signer.send_signal(signal.SIGTERM)
+            _wait(self.signer, timeout)
 
     def wait(self) -> int:
         """Block until Ctrl-C/SIGTERM or a child dies; stop everything; return an exit status."""
@@ -217,7 +250,7 @@ class Archive:
         old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not stopping:
-                for proc in (self.orthanc, self.gateway, self.nginx, self.forwarder):
+                for proc in (self.signer, self.orthanc, self.gateway, self.nginx, self.forwarder):
                     if proc is not None and proc.poll() is not None:
                         log.error("%s exited unexpectedly with status %s; stopping", proc.args[0], proc.returncode)
                         self.stop()

@@ -4,13 +4,19 @@ Orthanc only lets registered AE titles in (all ``DicomAlwaysAllow*`` are off), s
 DICOM access list. The store is the source of truth; the plugin pushes it into Orthanc at start and
 whenever ``securepacs clinic add|revoke`` bumps the store's generation, so enrolment and revocation
 take effect within seconds without a restart.
+
+After each change it records in the store which generation Orthanc now reflects (and, every few seconds,
+that it is alive), so ``securepacs clinic add`` can return only once the new AE titles are accepted
+(:func:`await_registration`) instead of leaving the first association to race the sync.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from securepacs.store import Store
@@ -23,6 +29,8 @@ PREFIX = "sp-"
 # loopback port so a move fails at once instead of reaching some other service.
 NO_MOVE_HOST = "127.0.0.1"
 NO_MOVE_PORT = 1
+# The sync's "I am alive" mark is refreshed at most this often (a small store write), and at every change.
+HEARTBEAT_SECONDS = 5.0
 
 
 class ModalityApi(Protocol):
@@ -74,12 +82,16 @@ def _same(current: dict[str, Any], body: dict[str, Any]) -> bool:
 
 
 class ModalitySync:
-    def __init__(self, store: Store, api: ModalityApi, relay_port: int | None = None, use_tls: bool = True):
+    def __init__(self, store: Store, api: ModalityApi, relay_port: int | None = None, use_tls: bool = True,
+                 *, clock: Callable[[], float] = time.time):
         self._store = store
         self._api = api
         self._relay_port = relay_port
         self._use_tls = use_tls
         self._generation = -1
+        self._clock = clock
+        self._interval = 0.0  # the loop's period, published with the mark (0: no loop yet)
+        self._marked_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -89,6 +101,7 @@ class ModalitySync:
         """Bring Orthanc in line with the store if it changed; returns True if anything was pushed."""
         generation = self._store.generation()
         if generation == self._generation:
+            self._mark(generation, force=False)
             return False
         wanted = desired_modalities(self._store, self._relay_port, self._use_tls)
         current = {k: v for k, v in self._api.list().items() if k.startswith(PREFIX)}
@@ -101,9 +114,20 @@ class ModalitySync:
                 log.info("registered modality %r for AE title %r", name, body["AET"])
         self._generation = generation
         self.synced = True
+        self._mark(generation, force=True)
         return True
 
+    def _mark(self, generation: int, *, force: bool) -> None:
+        now = self._clock()
+        if force or now - self._marked_at >= HEARTBEAT_SECONDS:
+            self._store.mark_modalities_applied(generation, now, self._interval)
+            self._marked_at = now
+
     def start(self, interval: float, on_error: Callable[[Exception], None] | None = None) -> None:
+        self._interval = interval
+        if self.synced:
+            self._mark(self._generation, force=True)  # publish the period at once
+
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
@@ -123,3 +147,44 @@ class ModalitySync:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if self.synced:
+            try:  # "not running": `clinic add` then says so at once instead of waiting
+                self._store.mark_modalities_applied(self._generation, 0.0, self._interval)
+            except Exception as exc:
+                log.warning("could not mark the modality sync stopped: %s", exc)
+
+
+# -- waiting for a change to reach Orthanc (the command line's side) ------------------------------------
+APPLIED, NOT_RUNNING, NOT_CONFIRMED = "applied", "not-running", "not-confirmed"
+
+
+@dataclass(frozen=True)
+class Registration:
+    state: str  # APPLIED | NOT_RUNNING | NOT_CONFIRMED
+    waited: float  # seconds
+
+
+def await_registration(store: Store, generation: int, timeout: float, *, settle: float = 0.0,
+                       clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                       poll: float = 0.1) -> Registration:
+    """Wait until the running plugin has pushed store ``generation`` (or later) into Orthanc's modalities.
+
+    NOT_RUNNING at once when no plugin has marked itself alive recently (the archive is stopped, or was
+    never started: it registers everything when it starts); NOT_CONFIRMED when a live plugin did not apply
+    the change within ``timeout`` (stretched to two of its sync periods). After APPLIED, waits until
+    ``settle`` seconds after the call (the gateway re-reads the store at most that long after a change).
+    """
+    started = clock()
+    while True:
+        mark = store.modalities_applied()
+        now = clock()
+        if mark is None or not mark[1] or now - mark[1] > 3 * max(mark[2], HEARTBEAT_SECONDS):
+            return Registration(NOT_RUNNING, now - started)
+        if mark[0] >= generation:
+            break
+        if now - started >= max(timeout, 2 * mark[2] + 1.0):
+            return Registration(NOT_CONFIRMED, now - started)
+        sleep(poll)
+    if clock() - started < settle:
+        sleep(settle - (clock() - started))
+    return Registration(APPLIED, clock() - started)

@@ -111,8 +111,13 @@ class MoveService:
             resources.append(resource)
         return resources
 
-    def move(self, request: Mapping[str, str]) -> None:
+    def move(self, request: Mapping[str, str]) -> MovePlan:
         plan = self.plan(request)
+        self.send(plan, request)
+        return plan
+
+    def send(self, plan: MovePlan, request: Mapping[str, str]) -> None:
+        """Have Orthanc send the planned resources (the caller audits them: ``plan.resources``)."""
         log.info("C-MOVE of %d %s resource(s) for clinic %r to %r", len(plan.resources), plan.level.lower(),
                  plan.clinic, plan.modality)
         job = self._rest.post_json(

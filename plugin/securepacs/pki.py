@@ -45,7 +45,9 @@ CA_KEY_KIND = "rsa4096"
 LEAF_KEY_KIND = "rsa3072"
 
 MAX_CA_DAYS = 3650
-MAX_LEAF_DAYS = 825  # the longest leaf lifetime mainstream TLS stacks have accepted
+# Leaves live at most 365 days (+ CLOCK_SKEW): Mozilla's TLS profiles (and the CA/Browser Forum) cap a leaf
+# at 366 days from notBefore to notAfter. `serve` re-issues the server certificate 30 days before it expires.
+MAX_LEAF_DAYS = 365
 SERVER_RENEW_BEFORE = timedelta(days=30)
 # Certificates start a few minutes in the past so a peer whose clock runs slightly slow accepts them.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -505,6 +507,9 @@ class Pki:
                 cert.verify_directly_issued_by(load_cert(self.ca_cert_path))
             except (ValueError, TypeError, InvalidSignature):
                 return "not issued by the current CA"
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        if lifetime > timedelta(days=MAX_LEAF_DAYS) + CLOCK_SKEW:  # issued under an older, longer policy
+            return f"valid for {lifetime.days} days, longer than the {MAX_LEAF_DAYS}-day limit"
         left = cert.not_valid_after_utc - _now()
         if left < SERVER_RENEW_BEFORE:
             return f"expires {cert.not_valid_after_utc:%Y-%m-%d}, in less than {SERVER_RENEW_BEFORE.days} days"
@@ -525,7 +530,7 @@ class Pki:
             return "lacks serverAuth/clientAuth extended key usage"
         return None
 
-    def ensure_server(self, hostnames: Sequence[str], days: int = 397) -> bool:
+    def ensure_server(self, hostnames: Sequence[str], days: int = MAX_LEAF_DAYS) -> bool:
         """Issue the server certificate if missing, expiring soon or not covering ``hostnames``; True if written."""
         reason = self.server_renewal_reason(hostnames)
         if reason is None:
@@ -555,8 +560,14 @@ class Pki:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         usage: str = "client",
+        move_host: str | None = None,
     ) -> ClinicBundle:
-        """Write the clinic's bundle directory; refuses if it exists, removes it again on any failure."""
+        """Write the clinic's bundle directory; refuses if it exists, removes it again on any failure.
+
+        With ``move_host`` (the clinic's C-MOVE destination) the certificate also serves the clinic's SCP:
+        serverAuth besides clientAuth, and ``move_host`` as SAN DNS name or IP address, which the egress
+        relay checks against the address it dials (``gateway.identity.check_destination``).
+        """
         directory = self.clinic_dir(clinic)
         aet_list = _sequence(aets, "aets")
         if not aet_list:
@@ -565,10 +576,13 @@ class Pki:
             aet_list = [validate_aet(a) for a in aet_list]
         except SettingsError as exc:
             raise PkiError(str(exc)) from None
+        dns, ips = split_hostnames([move_host]) if move_host is not None else ([], [])
+        if move_host is not None:
+            usage = "server+client"
         ca_key, ca_cert = self.load_ca()
         # All crypto first: a refused argument must not leave an empty directory behind.
         key, cert = make_cert(ca_key, ca_cert, clinic, usage=usage, uris=clinic_uris(clinic, aet_list),
-                              organization=CLINIC_ORGANIZATION, days=days,
+                              dns_names=dns, ip_addresses=ips, organization=CLINIC_ORGANIZATION, days=days,
                               not_before=not_before, not_after=not_after)
         passphrase = secrets.token_urlsafe(24)  # 192 random bits
         p12 = _pkcs12(clinic, key, cert, ca_cert, passphrase.encode("ascii"))

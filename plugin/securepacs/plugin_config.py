@@ -9,12 +9,16 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 SECTION = "SecurePACS"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# nginx sets this header to the deployment's proxy secret (SecurePACS.ProxySecretFile) on every request it
+# forwards: the plugin's only way to tell nginx from another local process on the loopback port.
+PROXY_SECRET_HEADER = "X-SecurePACS-Proxy-Secret"  # noqa: S105 (a header name, not a secret)
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{32,256}")
 
 
 class ConfigError(ValueError):
@@ -36,6 +40,13 @@ class PluginConfig:
     session_max_seconds: int = 43200
     max_login_failures: int = 5
     lockout_seconds: int = 900
+    # Per client address and user name: 4 failures (one fewer than locks an account) throttle the address
+    # for a minute, doubling while it goes on: one address cannot lock an account.
+    address_max_failures: int = 4
+    address_backoff_seconds: int = 60
+    # nginx's per-deployment secret (read from SecurePACS.ProxySecretFile); None: no request counts as
+    # coming through nginx or from an internal service.
+    proxy_secret: str | None = field(default=None, repr=False)
     # The DICOM gateway's egress relay on loopback: C-MOVE sub-operations leave through it. None: no
     # gateway (Orthanc dials clinics itself, and C-GET stays off because nothing could check it).
     move_relay_port: int | None = None
@@ -51,7 +62,8 @@ class PluginConfig:
 _KNOWN = {
     "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
     "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds", "MoveRelayPort",
-    "AuditTrail", "AuditCheckpointKey", "AuditCheckpointSeconds", "InternalHop",
+    "AuditTrail", "AuditCheckpointKey", "AuditCheckpointSeconds", "InternalHop", "ProxySecretFile",
+    "AddressMaxFailures", "AddressBackoffSeconds",
 }
 
 
@@ -116,6 +128,15 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
         raise _fail("SessionMaxSeconds", longest, f"at least SessionIdleSeconds ({idle})")
     failures = _int_in(section, "MaxLoginFailures", PluginConfig.max_login_failures, 1, 100, "count")
     lockout = _int_in(section, "LockoutSeconds", PluginConfig.lockout_seconds, 1, 86400, "number of seconds")
+    # Default: one fewer than locks an account (at most 4); with MaxLoginFailures 1 that is 0 (off).
+    per_address = _int_in(section, "AddressMaxFailures", min(PluginConfig.address_max_failures, failures - 1),
+                          0, 99, "count")
+    if per_address >= failures:
+        raise _fail("AddressMaxFailures", per_address, f"fewer than MaxLoginFailures ({failures}), so that one "
+                    "client address is throttled before it can lock an account (0 turns the throttle off)")
+    backoff = _int_in(section, "AddressBackoffSeconds", PluginConfig.address_backoff_seconds, 1, 86400,
+                      "number of seconds")
+    proxy_secret = _proxy_secret(section)
 
     relay = section.get("MoveRelayPort")
     if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 1 <= relay <= 65535):
@@ -166,7 +187,26 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
         session_max_seconds=longest,
         max_login_failures=failures,
         lockout_seconds=lockout,
+        address_max_failures=per_address,
+        address_backoff_seconds=backoff,
+        proxy_secret=proxy_secret,
     )
+
+
+def _proxy_secret(section: Mapping[str, Any]) -> str | None:
+    path = section.get("ProxySecretFile")
+    if path is None:
+        return None
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        raise _fail("ProxySecretFile", path, "an absolute path to the file holding nginx's proxy secret")
+    try:
+        secret = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail("ProxySecretFile", path, f"a readable file with nginx's proxy secret ({exc})") from None
+    if not _SECRET_RE.fullmatch(secret):
+        # The value itself is never repeated in a message.
+        raise _fail("ProxySecretFile", path, "a file holding 32-256 characters of [A-Za-z0-9_-] (the secret)")
+    return secret
 
 
 def _audit(section: Mapping[str, Any]) -> tuple[Path | None, Path | None, float]:

@@ -29,15 +29,18 @@ _ORTHANC_READS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"|frames/\d{1,6}(?:/(?:preview|rendered|raw|image-uint8|image-uint16))?))?"
     )),
 )
+# One more path segment below a resource: never empty, "." or "..". Orthanc hands the filter the URI with
+# dot segments and "//" already resolved (what it routes on); the policy does not rely on that.
+_SEGMENT = r"/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+"
 # DICOMweb below one study (WADO-RS, metadata, rendered, bulk data, QIDO within the study).
 _DICOMWEB_STUDY = re.compile(
-    rf"/dicom-web/studies/({_UID})(?:/series/({_UID})(?:/instances/({_UID}))?)?(?:/[A-Za-z0-9/._-]*)?"
+    rf"/dicom-web/studies/({_UID})(?:/series/({_UID})(?:/instances/({_UID}))?)?(?:{_SEGMENT})*"
 )
 # Served by the plugin itself, tenant-filtered inside the handler.
 _PLUGIN_READS = re.compile(r"/securepacs/api/studies|/securepacs/dicom-web/(?:studies|series|instances)")
 _STOW = "/securepacs/dicom-web/studies"
 # Everyone who is logged in manages their own account.
-_SELF_SERVICE = re.compile(r"/securepacs/(?:logout|api/me(?:/.*)?)")
+_SELF_SERVICE = re.compile(r"/securepacs/(?:logout|api/me(?:/[a-z]+)*)")
 
 CLINIC_READERS = frozenset({PHYSICIAN, CLINIC_DEVICE})
 OWNERSHIP_URI = "/securepacs/internal/ownership"

@@ -209,6 +209,19 @@ class Store:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return int(row[0])
 
+    # The plugin's modality sync says which generation Orthanc's modalities reflect, when it last looked and
+    # how often it looks ("GENERATION EPOCH_SECONDS INTERVAL" in meta; no bump: it is not a change of state).
+    def modalities_applied(self) -> tuple[int, float, float] | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'modalities_applied'").fetchone()
+        generation, at, interval = row[0].split() if row else ("0", "0", "0")
+        return (int(generation), float(at), float(interval)) if row else None
+
+    def mark_modalities_applied(self, generation: int, at: float, interval: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES ('modalities_applied', ?) ON CONFLICT(key) DO UPDATE "
+                       "SET value = excluded.value", (f"{generation} {at:.3f} {interval:g}",))
+
     # -- clinics ---------------------------------------------------------------------------------------
     def add_clinic(
         self, name: str, aets: list[str], move_host: str | None = None, move_port: int | None = None

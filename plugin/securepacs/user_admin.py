@@ -1,9 +1,12 @@
 """Account administration shared by ``securepacs user ...`` and the admin REST API.
 
 Every account exists because an admin created it (or ``deploy.ensure_admin`` at init): there is no
-self-registration. Inputs are validated here once, so the command line and the REST API refuse the same
-values with the same words. Errors are :class:`AccountError` subclasses carrying the HTTP status the REST
-API answers with.
+self-registration. Separation of duties: admins cannot read the audit trail, so through the admin REST
+API (``admin_api=True``) they also cannot create, enable, reset or unlock an *auditor* account — else
+they could make themselves one. That takes ``securepacs user ...`` on the host (root, who owns the store).
+Service accounts (``SERVICE_ROLES``) are managed by deploy only. Inputs are validated here once, so the
+command line and the REST API refuse the same values with the same words. Errors are
+:class:`AccountError` subclasses carrying the HTTP status the REST API answers with.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from securepacs import passwords
-from securepacs.identity import ADMIN, CLINIC_ROLES, USER_ROLES
+from securepacs.identity import ADMIN, AUDITOR, CLINIC_ROLES, SERVICE_ROLES, USER_ROLES
 from securepacs.store import Store, StoreError, User
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,24 @@ class UserExists(AccountError):
 
 class WeakPassword(AccountError):
     status = 400
+
+
+class Forbidden(AccountError):
+    status = 403
+
+
+AUDITOR_BY_CLI = ("auditor accounts are managed on the host only (separation of duties: admins cannot read the "
+                  "audit trail, so they must not be able to make themselves an auditor): expected `securepacs user "
+                  "{action} ...` run as root")
+
+
+def check_manageable(user_role: str, action: str, *, admin_api: bool) -> None:
+    """Refuse ``action`` on an account of ``user_role`` when the caller may not do it (see module doc)."""
+    if user_role in SERVICE_ROLES:
+        raise Forbidden(f"role {user_role!r} is a service account, managed by deploy only: expected to delete its "
+                        "credential file and restart to replace its password")
+    if admin_api and user_role == AUDITOR and action != "disable":  # disabling only takes access away
+        raise Forbidden(AUDITOR_BY_CLI.format(action=action))
 
 
 @dataclass(frozen=True)
@@ -180,10 +201,12 @@ def revoked_clinics(store: Store) -> set[str]:
 
 
 def create_user(
-    store: Store, username: str, role: str, clinic: str | None = None, password: str | None = None, *, actor: str
+    store: Store, username: str, role: str, clinic: str | None = None, password: str | None = None, *, actor: str,
+    admin_api: bool = False,
 ) -> Created:
     username = validate_username(username)
     validate_role_and_clinic(store, role, clinic)
+    check_manageable(role, "add", admin_api=admin_api)
     for existing in store.list_users():
         if existing.username.lower() == username.lower():
             same = "" if existing.username == username else f" as {existing.username!r}"
@@ -201,12 +224,14 @@ def create_user(
     return Created(user, generated)
 
 
-def reset_password(store: Store, username: str, password: str | None = None, *, actor: str) -> str | None:
+def reset_password(store: Store, username: str, password: str | None = None, *, actor: str,
+                   admin_api: bool = False) -> str | None:
     """Set a new password (generated unless given); ends the user's sessions and clears a lockout.
 
     Returns the generated password, or None when ``password`` was given.
     """
     user = get_user(store, username)
+    check_manageable(user.role, "reset-password", admin_api=admin_api)
     generated = None
     if password is None:
         password = generated = generate_password(user.username)
@@ -217,8 +242,9 @@ def reset_password(store: Store, username: str, password: str | None = None, *, 
     return generated
 
 
-def set_disabled(store: Store, username: str, disabled: bool, *, actor: str) -> None:
+def set_disabled(store: Store, username: str, disabled: bool, *, actor: str, admin_api: bool = False) -> None:
     user = get_user(store, username)
+    check_manageable(user.role, "disable" if disabled else "enable", admin_api=admin_api)
     if disabled and user.role == ADMIN and not user.disabled:
         enabled_admins = [u for u in store.list_users() if u.role == ADMIN and not u.disabled]
         if len(enabled_admins) <= 1:
@@ -229,15 +255,17 @@ def set_disabled(store: Store, username: str, disabled: bool, *, actor: str) -> 
     log.info("user %r %s by %r", user.username, "disabled" if disabled else "enabled", actor)
 
 
-def unlock(store: Store, username: str, *, actor: str) -> None:
+def unlock(store: Store, username: str, *, actor: str, admin_api: bool = False) -> None:
     user = get_user(store, username)
+    check_manageable(user.role, "unlock", admin_api=admin_api)
     store.clear_login_failures(user.username)
     log.info("user %r unlocked by %r", user.username, actor)
 
 
-def reset_totp(store: Store, username: str, *, actor: str) -> None:
+def reset_totp(store: Store, username: str, *, actor: str, admin_api: bool = False) -> None:
     """Remove the user's second factor (lost device); the user logs in with the password and may enrol again."""
     user = get_user(store, username)
+    check_manageable(user.role, "reset-totp", admin_api=admin_api)
     if user.totp_secret is None:
         raise AccountError(f"user {user.username!r} has no second factor: expected a user with TOTP enrolled")
     _store_call(store.set_totp_secret, user.username, None)

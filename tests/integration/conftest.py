@@ -310,7 +310,9 @@ class ComposeArchive(Archive):
 
 def make_compose_archive(prefix: str) -> ComposeArchive:
     native = make_archive(prefix)
-    for sub in ("data", "certs"):
+    # The per-service volumes (compose.yaml) as bind mounts nested where the native layout has them, so
+    # tests read the same host paths for both kinds of archive.
+    for sub in ("data", "certs", "data/gateway", "data/audit", "certs/audit"):
         (native.root / sub).mkdir()
     env = {
         **native.env,
@@ -319,6 +321,9 @@ def make_compose_archive(prefix: str) -> ComposeArchive:
         "BASE_IMAGE": os.environ.get("BASE_IMAGE", "securepacs-base:bookworm"),
         "SECUREPACS_DATA_VOLUME": str(native.root / "data"),
         "SECUREPACS_CERTS_VOLUME": str(native.root / "certs"),
+        "SECUREPACS_GATEWAY_VOLUME": str(native.root / "data" / "gateway"),
+        "SECUREPACS_AUDIT_VOLUME": str(native.root / "data" / "audit"),
+        "SECUREPACS_SIGNER_VOLUME": str(native.root / "certs" / "audit"),
     }
     return ComposeArchive(native.root, env, native.dicom_port, native.https_port, native.http_port, kind="compose")
 

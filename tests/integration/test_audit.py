@@ -3,10 +3,12 @@ verify finds tampering, and a kill -9 of Orthanc during ingest loses no acknowle
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -14,14 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Archive, Clinic, _start, make_archive, stop_archive
+from conftest import Archive, Clinic, MoveScp, _start, free_port, make_archive, scp_credentials, stop_archive
 from lxml import etree
-from pynetdicom import AE
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts, evt
 from test_rejections import client_context, dicom_attempt
 
 from securepacs import pki
 from securepacs.audit import iter_entries
-from securepacs.client import find, store
+from securepacs.client import echo, find, get, move, store
 from securepacs.synth import CT_IMAGE_STORAGE, StudySpec, instance, write_study
 from securepacs.tenancy import orthanc_id
 
@@ -41,7 +44,9 @@ def audited(tmp_path_factory) -> Iterator[Archive]:
     archive = make_archive("securepacs-audit-")
     _start(archive)
     try:
-        archive.enrol("auditA", "AUDITA")
+        scp_port = free_port()
+        archive.env["AUDIT_SCP_PORT"] = str(scp_port)
+        archive.enrol("auditA", "AUDITA", host="127.0.0.1", port=scp_port)  # C-MOVE destination: audit_scp
         archive.enrol("auditB", "AUDITB")
         secrets = tmp_path_factory.mktemp("audit-secrets")
         for name, role, clinic, password in (("doc", "physician", "auditA", DOC_PW),
@@ -59,6 +64,25 @@ def audited(tmp_path_factory) -> Iterator[Archive]:
         if archive.running():
             stop_archive(archive)
         shutil.rmtree(archive.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def audit_scp(audited: Archive, tmp_path_factory) -> Iterator[MoveScp]:
+    """auditA's retrieve SCP (AE AUDITA), mutual TLS with the archive's CA, for the C-MOVE steps."""
+    key, cert = scp_credentials(audited, tmp_path_factory.mktemp("audit-scp"))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(audited.ca_cert))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(str(cert), str(key))
+    scp = MoveScp()
+    ae = AE(ae_title="AUDITA")
+    for cx in StoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", int(audited.env["AUDIT_SCP_PORT"])), block=False, ssl_context=ctx,
+                             evt_handlers=[(evt.EVT_C_STORE, scp.on_store)])
+    try:
+        yield scp
+    finally:
+        server.shutdown()
 
 
 def trail_path(archive: Archive) -> Path:
@@ -98,21 +122,33 @@ def login(archive: Archive, username: str, password: str) -> int:
     return status
 
 
-def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive, tmp_path: Path) -> None:
+def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive, audit_scp: MoveScp,
+                                                               tmp_path: Path) -> None:
     archive = audited
     clinic_a = archive.clinics["auditA"]
     north_study = orthanc_id(NORTH.patient_id, NORTH.study_uid)
+    north_series = orthanc_id(NORTH.patient_id, NORTH.study_uid, NORTH.series_uid)
+    first, second = (str(instance(NORTH, i).SOPInstanceUID) for i in range(2))
     south_study = orthanc_id(SOUTH.patient_id, SOUTH.study_uid)
     data = Path(archive.env["AUDIT_TEST_DATA"])
 
     def other_ca_credentials() -> tuple[Path, Path]:
         ca_key, ca_cert = pki.make_ca("Not The Archive's CA", days=30, key=pki.generate_key("rsa3072"))
-        key, cert = pki.make_cert(ca_key, ca_cert, "auditA", usage="client", days=30,
+        # A day inside the CA's lifetime: equal lifetimes end after the CA when a second ticks in between.
+        key, cert = pki.make_cert(ca_key, ca_cert, "auditA", usage="client", days=29,
                                   uris=pki.clinic_uris("auditA", ["AUDITA"]), organization=pki.CLINIC_ORGANIZATION,
                                   key=pki.generate_key("rsa3072"))
         pki.write_key(tmp_path / "rogue.key", key)
         pki.write_cert(tmp_path / "rogue.crt", cert)
         return tmp_path / "rogue.crt", tmp_path / "rogue.key"
+
+    def admin_post(uri: str, body: object) -> int:
+        return archive.https(uri, auth=archive.admin_credential(), method="POST", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})[0]
+
+    def moved(level: str, keys: dict[str, str]) -> bool:
+        result = move(archive.conn(clinic_a), "AUDITA", level, keys)
+        return result.ok and result.completed >= 1
 
     def refused_certificate() -> None:
         cert, key = other_ca_credentials()
@@ -120,7 +156,7 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
         assert outcome.kind != "accepted", outcome
 
     steps: list[tuple[str, object, list[tuple[str, str, int, str]]]] = [
-        ("failed login", lambda: login(archive, "doc", "not-the-password") in (401, 403),
+        ("failed login", lambda: login(archive, "doc", "not-the-password") == 403,
          [("110114", "E", 4, "plugin")]),
         ("login", lambda: login(archive, "doc", DOC_PW) == 200, [("110114", "E", 0, "plugin")]),
         ("store", lambda: store(archive.conn(clinic_a), [data / "north"]).ok,
@@ -131,6 +167,23 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
          [("110103", "R", 0, "plugin")]),
         ("export", lambda: archive.https(f"/studies/{north_study}/archive", auth=("doc", DOC_PW))[0] == 200,
          [("110106", "R", 0, "plugin")]),
+        # Issue 12, finding 5: each of these used to yield no record or one that named no study.
+        ("WADO-URI by objectUID", lambda: archive.https(
+            f"/wado?requestType=WADO&objectUID={first}&contentType=application/dicom", auth=("doc", DOC_PW))[0] == 200,
+         [("110103", "R", 0, "plugin")]),
+        ("tools/find", lambda: admin_post("/tools/find", {"Level": "Study", "Query": {"PatientID": NORTH.patient_id}})
+         == 200, [("110112", "E", 0, "plugin")]),
+        ("tools/create-archive", lambda: admin_post("/tools/create-archive", {"Resources": [north_study]}) == 200,
+         [("110106", "R", 0, "plugin")]),
+        ("tools/create-media", lambda: admin_post("/tools/create-media", {"Resources": [north_series]}) == 200,
+         [("110106", "R", 0, "plugin")]),
+        ("C-MOVE at SERIES level", lambda: moved("SERIES", {"SeriesInstanceUID": NORTH.series_uid}),
+         [("110104", "R", 0, "plugin"), ("110114", "E", 0, "gateway")]),
+        ("C-MOVE at IMAGE level", lambda: moved("IMAGE", {"SOPInstanceUID": second}),
+         [("110104", "R", 0, "plugin"), ("110114", "E", 0, "gateway")]),
+        ("C-GET at SERIES level", lambda: get(archive.conn(clinic_a), "SERIES", {"SeriesInstanceUID": NORTH.series_uid},
+                                              out_dir=tmp_path / "got").ok,
+         [("110104", "R", 0, "plugin"), ("110114", "E", 0, "gateway")]),
         ("refused certificate", lambda: refused_certificate() is None, [("110113", "E", 8, "gateway")]),
         ("cross-tenant read", lambda: archive.https(f"/studies/{south_study}", auth=("doc", DOC_PW))[0] == 403,
          [("110113", "E", 4, "plugin")]),
@@ -145,8 +198,14 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
         got = wait_records(archive, mark, len(expected))
         assert sorted(summary(r) for r in got) == sorted(expected), f"step {name!r}: {[summary(r) for r in got]}"
         mark = got[-1]["seq"]
-    time.sleep(1.0)  # nothing arrives late
-    assert len(records(archive, start)) == sum(len(e) for _, _, e in steps)
+    # Nothing arrives late. Instead of a pause: one marker through each writer (an echo through the gateway,
+    # a failed login at the plugin), recorded after everything above; once both are in, with nothing
+    # before them, the session's records are final.
+    assert echo(archive.conn(clinic_a)) == 0 and login(archive, "doc", "not-the-password") == 403
+    markers = wait_records(archive, mark, 2)
+    assert sorted(summary(r) for r in markers) == [("110114", "E", 0, "gateway"), ("110114", "E", 4, "plugin")], (
+        f"records arrived late: {[summary(r) for r in markers]}")
+    assert len(records(archive, start)) == sum(len(e) for _, _, e in steps) + len(markers)
 
     session = records(archive, start)
     stored = [r for r in session if r["event"]["code"] == "110104"]
@@ -160,13 +219,17 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
     view = next(r for r in session if r["event"]["code"] == "110103")
     assert view["participants"][0]["user_id"] == "doc"
     assert view["objects"][0]["object_id"] == NORTH.study_uid
+    assert_complete_records_for_finding_5(session, archive.admin_credential()[0], first)
 
     # The auditor finds the patient's events over HTTPS; that search is itself the next record.
     before = last_seq(archive)
     status, body = archive.https(f"/securepacs/api/audit?patient={NORTH.patient_id}", auth=("aud", AUDITOR_PW))
     assert status == 200
     found = [json.loads(line)["record"] for line in body.decode().splitlines()]
-    assert [r["event"]["code"] for r in found] == ["110104", "110104", "110112"]  # stores, then the query
+    # The stores, the C-FIND, then what names the patient too: the admin's /tools/find, the two exports,
+    # the C-MOVEs at SERIES and IMAGE level and the C-GET.
+    assert [r["event"]["code"] for r in found] == ["110104", "110104", "110112", "110112", "110106", "110106",
+                                                   "110104", "110104", "110104"]
     [used] = records(archive, before)
     assert summary(used) == ("110101", "R", 0, "plugin") and used["participants"][0]["user_id"] == "aud"
     assert archive.https("/securepacs/api/audit", auth=archive.admin_credential())[0] == 403
@@ -175,11 +238,48 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
     export = archive.cli("audit", "export", "--study", NORTH.study_uid, "--format", "dicom-xml")
     schema = etree.RelaxNG(etree.parse(str(SCHEMA)))
     messages = export.stdout.strip().splitlines()
-    assert len(messages) == 5  # 2 stores, view, export, delete
+    assert len(messages) == 11  # 2 stores, view, export, WADO-URI, 2 tool exports, 2 C-MOVEs, C-GET, delete
     for message in messages:
         assert schema.validate(etree.fromstring(message.encode())), schema.error_log.last_error
     verified = archive.cli("audit", "verify")
     assert "OK" in verified.stdout or "ok" in verified.stdout.lower(), verified.stdout
+
+
+def assert_complete_records_for_finding_5(session: list[dict], admin: str, wado_object: str) -> None:
+    """Issue 12, finding 5: each of these records names who (user, address) and what (studies, patient)."""
+    def objects(record: dict) -> set[str]:
+        return {o["object_id"] for o in record["objects"]}
+
+    north = {NORTH.study_uid, NORTH.patient_id}
+    [wado] = [r for r in session if r["event"]["code"] == "110103" and r["details"]["uri"] == "/wado"]
+    assert objects(wado) == {NORTH.study_uid} and wado["details"]["sop_instance_uid"] == wado_object
+    assert wado["participants"][0]["user_id"] == "doc" and wado["participants"][0]["network_access_point"]
+
+    [tool_find] = [r for r in session if r["event"]["code"] == "110112" and r["details"].get("uri") == "/tools/find"]
+    assert tool_find["participants"][0]["user_id"] == admin and tool_find["participants"][0]["network_access_point"]
+    assert json.loads(base64.b64decode(tool_find["objects"][0]["query"])) == {
+        "Level": "Study", "Query": {"PatientID": NORTH.patient_id}}
+    assert tool_find["details"]["patient_id"] == NORTH.patient_id and tool_find["details"]["answers"] == "1"
+
+    exports = [r for r in session if r["event"]["code"] == "110106" and r["details"]["uri"].startswith("/tools/")]
+    assert [r["details"]["uri"] for r in exports] == ["/tools/create-archive", "/tools/create-media"]
+    for record in exports:
+        assert objects(record) == north, record
+        assert record["participants"][0]["user_id"] == admin and record["participants"][0]["network_access_point"]
+
+    retrieves = [r for r in session if r["event"]["code"] == "110104" and r["action"] == "R"]
+    assert [r["details"]["via"] for r in retrieves] == [
+        "C-MOVE by AUDITA at SERIES level", "C-MOVE by AUDITA at IMAGE level", "C-GET at SERIES level"]
+    for record in retrieves:
+        assert objects(record) == north, record
+        destination = record["participants"][1]
+        assert (destination["ae_title"], destination["clinic"]) == ("AUDITA", "auditA"), record
+    for move_record in retrieves[:2]:
+        assert move_record["participants"][1]["network_access_point"] == "127.0.0.1"  # the clinic's SCP
+        requestor = move_record["participants"][2]
+        assert requestor["is_requestor"] and (requestor["ae_title"], requestor["clinic"]) == ("AUDITA", "auditA")
+    # The C-GET record names the calling AE title the gateway saw, not just the clinic.
+    assert retrieves[2]["participants"][1]["user_id"] == "AUDITA"
 
 
 def copy_of_trail(archive: Archive, tmp_path: Path) -> list[bytes]:
@@ -238,7 +338,10 @@ def test_kill_9_during_ingest_keeps_a_record_of_every_acknowledged_instance(audi
             if len(acknowledged) == 40 and not killed.is_set():
                 os.kill(pid, signal.SIGKILL)  # Orthanc dies with instances in flight
                 killed.set()
-            status = assoc.send_c_store(instance(spec, index))
+            try:
+                status = assoc.send_c_store(instance(spec, index))
+            except RuntimeError:  # pynetdicom: the association already ended (the gateway saw Orthanc die)
+                break
             if not status or status.Status != 0x0000:
                 break
             acknowledged.append(str(instance(spec, index).SOPInstanceUID))
@@ -261,8 +364,9 @@ def test_kill_9_during_ingest_keeps_a_record_of_every_acknowledged_instance(audi
 
 def test_the_trail_files_are_the_service_users_alone(audited: Archive) -> None:
     audit_dir = audited.data_dir / "audit"
-    assert oct(audit_dir.stat().st_mode & 0o777) == "0o700"
-    assert trail_path(audited).stat().st_mode & 0o077 in (0, 0o040)  # no write for group/others
+    # The trail group alone (the plugin and the gateway append, the audit signer reads); nothing for others.
+    assert oct(audit_dir.stat().st_mode & 0o7777) == "0o2770"
+    assert trail_path(audited).stat().st_mode & 0o007 == 0
     key = audited.certs_dir / "audit" / "checkpoint.key"
     assert key.stat().st_mode & 0o077 == 0  # the signing key: not next to the trail, owner only
     assert not key.is_relative_to(audited.data_dir)

@@ -29,7 +29,7 @@ def test_stack_runs_unprivileged_and_publishes_only_tls_ports(compose_archive):
     assert published == {"2762/tcp", "8443/tcp"}, "Orthanc's HTTP port must never be published"
     assert archive["Config"]["User"] == "orthanc"
     https = _inspect(_container(arc, "https"))
-    assert https["Config"]["User"] == "orthanc"
+    assert https["Config"]["User"] == "securepacs-web"  # not the Orthanc uid (test_compose_privsep.py)
     assert https["State"]["Health"]["Status"] in ("healthy", "starting")
     # No keys or passwords baked into the image: the CA key lives only in the certs volume, root-only.
     res = subprocess.run(

@@ -1,15 +1,26 @@
 """SECUREPACS_INTERNAL_HOP=plain: the explicit single-host option. Clinics still need mutual TLS and the
 gateway's checks; only the hop between the gateway and Orthanc is plain, and Orthanc accepts on it only
-registered AE titles from 127.0.0.1."""
+registered AE titles from 127.0.0.1.
+
+Orthanc 1.10.1 cannot bind its DICOM port to one address, so the plain port is reachable from the network;
+the host check is what keeps other machines out. That is shown from a real second host: a network
+namespace joined to this one by a veth pair, with link-local addresses on both ends."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import Archive, _start, make_archive, stop_archive
+from test_rejections import associate_rq
 
 from securepacs.client import Connection, ConnectionFailed, echo, find, get, store
 from securepacs.synth import StudySpec, write_study
@@ -53,4 +64,84 @@ def test_orthancs_plain_port_admits_only_registered_aets(plain: Archive) -> None
     internal = int(plain.env["SECUREPACS_INTERNAL_DICOM_PORT"])
     with pytest.raises(ConnectionFailed):
         echo(Connection("127.0.0.1", internal, calling_aet="INTRUDER", called_aet=plain.aet, acse_timeout=5))
+    plain.assert_serving()
+
+
+# -- a second host: a network namespace behind a veth pair -----------------------------------------------
+
+# Runs inside the namespace: send one PDU, print the first answer (hex; empty if the peer closed).
+_PROBE = """
+import socket, sys
+host, port, pdu = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+with socket.create_connection((host, port), timeout=10) as sock:
+    sock.sendall(pdu)
+    data = b""
+    while len(data) < 10:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+print(data.hex())
+"""
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 0, f"ip {' '.join(args)} failed: {res.stderr}"
+
+
+def _free_link_local_net() -> ipaddress.IPv4Network:
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    for _ in range(100):
+        net = ipaddress.ip_network(f"169.254.{secrets.randbelow(250) + 2}.{4 * secrets.randbelow(60)}/30")
+        if not any(str(host) in used for host in net):
+            return net
+    raise AssertionError("no free 169.254.x.y/30 for the veth pair")
+
+
+@contextmanager
+def second_host() -> Iterator[tuple[str, str, str]]:
+    """(namespace, this host's address on the link, the namespace's address); removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a network namespace and a veth pair needs root")
+    tag = secrets.token_hex(3)
+    ns, here, there = f"securepacs-{tag}", f"spvh{tag}", f"spvn{tag}"
+    net = _free_link_local_net()
+    host_ip, ns_ip = (str(a) for a in net.hosts())
+    _ip("netns", "add", ns)
+    try:
+        _ip("link", "add", here, "type", "veth", "peer", "name", there)
+        _ip("link", "set", there, "netns", ns)
+        _ip("addr", "add", f"{host_ip}/30", "dev", here)
+        _ip("link", "set", here, "up")
+        _ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", there)
+        _ip("-n", ns, "link", "set", there, "up")
+        yield ns, host_ip, ns_ip
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True, check=False)  # takes the peer too
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def first_answer(host: str, port: int, pdu: bytes, netns: str | None = None) -> bytes:
+    cmd = [sys.executable, "-c", _PROBE, host, str(port), pdu.hex()]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, f"the probe from {netns or 'this host'} failed: {res.stderr[-2000:]}"
+    return bytes.fromhex(res.stdout.strip())
+
+
+def test_orthancs_plain_port_refuses_an_enrolled_aet_from_another_host(plain: Archive) -> None:
+    """The same A-ASSOCIATE-RQ (an enrolled AE title, Verification) is accepted from 127.0.0.1 and refused
+    with an A-ASSOCIATE-RJ from a second host that reaches Orthanc's plain port over a real link."""
+    internal = int(plain.env["SECUREPACS_INTERNAL_DICOM_PORT"])
+    request = associate_rq("PLAINA", plain.aet)
+    # Control: from loopback the request is a valid one (A-ASSOCIATE-AC), so a refusal below is the host check.
+    assert first_answer("127.0.0.1", internal, request)[:1] == b"\x02"
+    with second_host() as (ns, host_ip, ns_ip):
+        answer = first_answer(host_ip, internal, request, netns=ns)
+        # Orthanc answered (so the port is reachable from there) and refused: A-ASSOCIATE-RJ, rejected
+        # permanent, by the service user, calling AE title not recognized (PS3.8 9.3.4).
+        assert answer[:1] == b"\x03", f"from {ns_ip}: expected an A-ASSOCIATE-RJ, got {answer[:12]!r}"
+        assert (answer[7], answer[8], answer[9]) == (1, 1, 3), answer[:10]
     plain.assert_serving()

@@ -14,7 +14,7 @@ import pytest
 # The shared fixtures are imported by name; tests receive them as parameters of the same names.
 from _accounts_env import ADMIN_PW, PW, Clock, accounts, clock, fast_hash, store  # noqa: F401
 
-from securepacs import account_api, totp
+from securepacs import account_api, passwords, totp
 from securepacs.accounts import LOGIN_FAILED, Accounts
 from securepacs.identity import Principal
 from securepacs.store import Store
@@ -187,7 +187,8 @@ def test_me(client: Client) -> None:
 
 
 @pytest.mark.parametrize(("method", "uri"), [("GET", "/securepacs/api/me"), ("POST", "/securepacs/api/me/password"),
-                                             ("POST", "/securepacs/logout"), ("DELETE", "/securepacs/api/me/totp")])
+                                             ("POST", "/securepacs/logout"), ("DELETE", "/securepacs/api/me/totp"),
+                                             ("POST", "/securepacs/api/me/totp/remove")])
 def test_own_account_routes_need_a_principal(client: Client, method: str, uri: str) -> None:
     resp = client.call(method, uri, headers={})
     assert (resp.status, data(resp)) == (403, {"error": "authentication required"})
@@ -230,7 +231,18 @@ def test_totp_enrolment_flow(client: Client, clock: Clock) -> None:
     token = data(login(client, totp=totp.code_at(body["secret"], clock.now)))["token"]
     assert data(client.call("GET", "/securepacs/api/me", headers=bearer(token)))["totp"] is True
 
+    # Removing it needs the password and a current code: the session alone is not enough (and Orthanc passes
+    # no body with a DELETE, so that is refused with the way to do it).
     resp = client.call("DELETE", "/securepacs/api/me/totp", headers=bearer(token))
+    assert (resp.status, data(resp)) == (400, {"error": account_api.TOTP_REMOVAL})
+    resp = client.call("POST", "/securepacs/api/me/totp/remove", {"password": PW}, bearer(token))
+    assert (resp.status, data(resp)) == (400, {"error": "missing field 'code': expected ['code', 'password']"})
+    clock.now += 30
+    code = totp.code_at(body["secret"], clock.now)
+    resp = client.call("POST", "/securepacs/api/me/totp/remove", {"password": "Wrong-password-1", "code": code},
+                       bearer(token))
+    assert (resp.status, data(resp)) == (403, {"error": LOGIN_FAILED})
+    resp = client.call("POST", "/securepacs/api/me/totp/remove", {"password": PW, "code": code}, bearer(token))
     assert resp.status == 200 and data(resp)["totp"] is False
     assert client.call("GET", "/securepacs/api/me", headers=BOB).status == 200
 
@@ -292,20 +304,20 @@ def test_create_user_with_a_generated_password(client: Client) -> None:
 
 
 def test_create_user_with_a_given_password(client: Client) -> None:
-    body = data(client.call("POST", "/securepacs/api/users", {"username": "audrey", "role": "auditor",
+    body = data(client.call("POST", "/securepacs/api/users", {"username": "audrey", "role": "admin",
                                                               "password": "Auditor-pass-99", "clinic": None}, ADMIN))
     assert "password" not in body
     assert login(client, "audrey", "Auditor-pass-99").status == 200
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
-    ({"username": "bob", "role": "auditor"}, 409, "user 'bob' already exists"),
-    ({"username": "carol", "role": "auditor", "password": "weak"}, 400, "password too short"),
+    ({"username": "bob", "role": "admin"}, 409, "user 'bob' already exists"),
+    ({"username": "carol", "role": "admin", "password": "weak"}, 400, "password too short"),
     ({"username": "carol", "role": "root"}, 400, "role 'root' is invalid"),
     ({"username": "carol", "role": "physician"}, 400, "role 'physician' acts for one clinic"),
     ({"username": "carol", "role": "physician", "clinic": "south"}, 400, "clinic 'south' is not enrolled"),
     ({"username": "carol smith", "role": "auditor"}, 400, "user name 'carol smith' is invalid"),
-    ({"username": "BOB", "role": "auditor"}, 409, "user 'BOB' already exists as 'bob'"),
+    ({"username": "BOB", "role": "admin"}, 409, "user 'BOB' already exists as 'bob'"),
     ({"username": "carol"}, 400, "missing field 'role'"),
     ({"username": "carol", "role": "auditor", "admin": "yes"}, 400, "unknown field 'admin'"),
 ])
@@ -324,8 +336,7 @@ def test_disable_enable_unlock_reset(client: Client, store: Store) -> None:
     assert data(client.call("POST", "/securepacs/api/users/bob/enable", headers=ADMIN))["user"]["disabled"] is False
     assert login(client).status == 200
 
-    for _ in range(5):
-        login(client, password="wrong")
+    store.record_login_failure("bob", client.accounts.now(), 1, 900)  # locked (from several addresses)
     assert data(client.call("GET", "/securepacs/api/users/bob", headers=ADMIN))["locked"] is True
     assert login(client).status == 403
     assert data(client.call("POST", "/securepacs/api/users/bob/unlock", headers=ADMIN))["user"]["locked"] is False
@@ -335,6 +346,57 @@ def test_disable_enable_unlock_reset(client: Client, store: Store) -> None:
     assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
     assert login(client).status == 403
     assert login(client, password=data(resp)["password"]).status == 200
+
+
+AUDITOR_ACTIONS = [
+    ("POST", "/securepacs/api/users", {"username": "eve", "role": "auditor"}, "add"),
+    ("POST", "/securepacs/api/users/audrey/enable", None, "enable"),
+    ("POST", "/securepacs/api/users/audrey/reset-password", None, "reset-password"),
+    ("POST", "/securepacs/api/users/audrey/unlock", None, "unlock"),
+    ("DELETE", "/securepacs/api/users/audrey/totp", None, "reset-totp"),
+]
+
+
+@pytest.mark.parametrize(("method", "uri", "body", "action"), AUDITOR_ACTIONS)
+def test_admins_cannot_create_or_take_over_auditors(client: Client, store: Store, method: str, uri: str,
+                                                    body: Any, action: str) -> None:
+    """Separation of duties: admins cannot read the trail, so they must not make themselves an auditor."""
+    store.add_user("audrey", passwords.hash_password("Auditor-pass-99"), "auditor")
+    store.set_totp_secret("audrey", totp.new_secret())
+    before = store.get_user("audrey")
+    resp = client.call(method, uri, body, ADMIN)
+    assert resp.status == 403
+    assert data(resp)["error"].startswith("auditor accounts are managed on the host only")
+    assert f"`securepacs user {action} ...` run as root" in data(resp)["error"]
+    assert store.get_user("audrey") == before and store.get_user("eve") is None
+    # Disabling only takes access away: an admin may still do that (e.g. a compromised auditor account).
+    assert client.call("POST", "/securepacs/api/users/audrey/disable", headers=ADMIN).status == 200
+
+
+def test_admins_cannot_manage_service_accounts(client: Client, store: Store) -> None:
+    store.add_user("svc-gateway-0123456789ab", passwords.hash_password("Gateway-pass-99"), "gateway")
+    for action in ("disable", "reset-password", "unlock"):
+        resp = client.call("POST", f"/securepacs/api/users/svc-gateway-0123456789ab/{action}", headers=ADMIN)
+        assert resp.status == 403 and "service account" in data(resp)["error"]
+
+
+def test_login_ends_a_presented_session_and_sets_a_new_cookie(client: Client) -> None:
+    """Session fixation: whatever session the client presents at login ends; the answer's cookie is new."""
+    old = data(login(client))["token"]
+    resp = client.call("POST", "/securepacs/login", {"username": "bob", "password": PW},
+                       {"cookie": f"securepacs_session={old}"})
+    new = data(resp)["token"]
+    assert new != old and resp.headers["Set-Cookie"].startswith(f"securepacs_session={new};")
+    assert client.call("GET", "/securepacs/api/me", headers={"cookie": f"securepacs_session={old}"}).status == 403
+    assert client.call("GET", "/securepacs/api/me", headers=bearer(new)).status == 200
+
+
+def test_a_throttled_login_answers_403_with_retry_after(client: Client) -> None:
+    for _ in range(4):
+        assert login(client, password="Wrong-password-1").status == 403
+    resp = login(client)  # even the right password is not checked now
+    assert resp.status == 403 and resp.headers["Retry-After"] == "60"
+    assert data(resp) == {"error": "too many failed attempts from this address: try again in 60 s", "retry_after": 60}
 
 
 def test_admin_cannot_disable_the_last_admin(client: Client) -> None:

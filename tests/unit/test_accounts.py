@@ -14,16 +14,19 @@ import pytest
 # The shared fixtures are imported by name; tests receive them as parameters of the same names.
 from _accounts_env import ADMIN_PW, PW, Clock, accounts, clock, fast_hash, store  # noqa: F401
 
+from securepacs import accounts as accounts_mod
 from securepacs import deploy, passwords, totp
 from securepacs.accounts import (
     LOGIN_FAILED,
     SESSION_COOKIE,
+    THROTTLED,
     AccountError,
     Accounts,
     AccountSettings,
     AuthResult,
     LoginFailed,
     LoginResult,
+    Throttled,
     TotpRequired,
     check_password_strength,
     cookie_value,
@@ -135,8 +138,8 @@ def test_basic_success(accounts: Accounts) -> None:
 
 def test_repeated_wrong_passwords_lock_the_account(accounts: Accounts, store: Store, clock: Clock,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    for attempt in range(1, 5):
-        assert accounts.authenticate("GET", basic("bob", "wrong"), IP).principal is None
+    for attempt in range(1, 5):  # from four addresses: one address alone is throttled before it can lock
+        assert accounts.authenticate("GET", basic("bob", "wrong"), f"198.51.100.{attempt}").principal is None
         user = store.get_user("bob")
         assert user is not None and user.failed_logins == attempt and user.locked_until is None
     assert accounts.authenticate("GET", basic("bob", "wrong"), IP).principal is None
@@ -161,7 +164,11 @@ def test_no_password_is_checked_while_locked(accounts: Accounts, store: Store, c
     checked: list[str] = []
     monkeypatch.setattr(passwords, "verify_password", lambda pw, encoded: checked.append(encoded) or True)
     assert accounts.authenticate("GET", basic("bob", PW)).principal is None
-    assert checked == []  # nothing to learn about the password while locked
+    with pytest.raises(LoginFailed, match=LOGIN_FAILED):
+        accounts.login("bob", PW, None, IP)
+    # Nothing to learn about the password while locked; only the dummy hash is verified, so a locked
+    # account answers as slowly as a wrong password (timing does not reveal the lock).
+    assert checked == [accounts_mod.DUMMY_HASH, accounts_mod.DUMMY_HASH]
 
 
 def test_cached_credential_is_refused_while_locked(accounts: Accounts, store: Store, clock: Clock) -> None:
@@ -171,14 +178,14 @@ def test_cached_credential_is_refused_while_locked(accounts: Accounts, store: St
 
 
 def test_success_clears_the_failure_count(accounts: Accounts, store: Store) -> None:
-    for _ in range(4):
-        accounts.authenticate("GET", basic("bob", "wrong"))
-    assert accounts.authenticate("GET", basic("bob", PW)).principal is not None
+    for i in range(4):
+        accounts.authenticate("GET", basic("bob", "wrong"), f"198.51.100.{i}")
+    assert accounts.authenticate("GET", basic("bob", PW), IP).principal is not None
     user = store.get_user("bob")
     assert user is not None and user.failed_logins == 0
-    for _ in range(4):  # four more do not lock: the count started again
-        accounts.authenticate("GET", basic("bob", "wrong"))
-    assert accounts.authenticate("GET", basic("bob", PW)).principal is not None
+    for i in range(4):  # four more do not lock: the count started again
+        accounts.authenticate("GET", basic("bob", "wrong"), f"198.51.100.{10 + i}")
+    assert accounts.authenticate("GET", basic("bob", PW), IP).principal is not None
 
 
 def test_lockout_settings_apply(store: Store, clock: Clock) -> None:
@@ -371,9 +378,9 @@ def test_login_failures_look_the_same(accounts: Accounts, username: str, passwor
 
 
 def test_login_counts_failures_and_locks(accounts: Accounts, store: Store) -> None:
-    for _ in range(5):
+    for i in range(5):
         with pytest.raises(LoginFailed):
-            accounts.login("bob", "wrong", None, IP)
+            accounts.login("bob", "wrong", None, f"198.51.100.{i // 2}")  # two per address: none throttled
     with pytest.raises(LoginFailed):
         accounts.login("bob", PW, None, IP)
     store.clear_login_failures("bob")  # what `securepacs user unlock` does
@@ -485,11 +492,116 @@ def test_confirming_code_cannot_log_in(accounts: Accounts, clock: Clock) -> None
 def test_disable_totp(accounts: Accounts, clock: Clock) -> None:
     secret = enrol_totp(accounts, clock)
     token = accounts.login("bob", PW, totp.code_at(secret, clock.now), IP).token
-    accounts.disable_totp("bob")
+    clock.now += 30
+    accounts.disable_totp("bob", PW, totp.code_at(secret, clock.now), IP)
     assert accounts.authenticate("GET", bearer(token)).principal is None  # sessions ended
     assert accounts.authenticate("GET", basic("bob", PW)).principal is not None  # Basic works again
     with pytest.raises(AccountError, match="has no second factor"):
-        accounts.disable_totp("bob")
+        accounts.disable_totp("bob", PW, "123456", IP)
+
+
+def test_removing_totp_needs_the_password_and_a_current_code(accounts: Accounts, store: Store,
+                                                              clock: Clock) -> None:
+    """A stolen session alone must not downgrade the account to password only."""
+    secret = enrol_totp(accounts, clock)
+    clock.now += 30
+    code = totp.code_at(secret, clock.now)
+    with pytest.raises(LoginFailed, match=LOGIN_FAILED):
+        accounts.disable_totp("bob", "Wrong-password-1", code, IP)
+    wrong_code = f"{(int(code) + 1) % 1_000_000:06d}"
+    with pytest.raises(LoginFailed, match=LOGIN_FAILED):
+        accounts.disable_totp("bob", PW, wrong_code, IP)
+    with pytest.raises(AccountError, match="'password' and 'code' must be strings"):
+        accounts.disable_totp("bob", PW, None, IP)  # type: ignore[arg-type]
+    user = store.get_user("bob")
+    assert user is not None and user.totp_secret == secret and user.failed_logins == 2  # both counted
+
+
+# -- per-address throttle ----------------------------------------------------------------------------------
+ATTACKER = "198.51.100.66"
+
+
+def test_one_address_is_throttled_before_it_can_lock_an_account(accounts: Accounts, store: Store,
+                                                                 clock: Clock) -> None:
+    """The lockout-as-a-weapon case: an attacker guessing the admin's password from one address is
+    throttled after 4 failures (below the lockout's 5); the real admin from elsewhere still gets in."""
+    for _ in range(4):
+        with pytest.raises(LoginFailed, match=LOGIN_FAILED):
+            accounts.login("alice", "Wrong-password-1", None, ATTACKER)
+    for _ in range(50):
+        with pytest.raises(Throttled) as info:
+            accounts.login("alice", "Wrong-password-1", None, ATTACKER)
+        assert info.value.status == 403 and info.value.retry_after == 60
+        assert accounts.authenticate("GET", basic("alice", "Wrong-password-1"), ATTACKER).reason.startswith(
+            THROTTLED)
+    user = store.get_user("alice")
+    assert user is not None and (user.failed_logins, user.locked_until) == (4, None)
+    assert accounts.login("alice", ADMIN_PW, None, IP).token  # the real admin, another address
+    # Even the right password is not checked from the throttled address (no oracle while throttled).
+    with pytest.raises(Throttled):
+        accounts.login("alice", ADMIN_PW, None, ATTACKER)
+    clock.now += 61
+    assert accounts.login("alice", ADMIN_PW, None, ATTACKER).token
+
+
+def test_throttled_attempts_check_no_password(accounts: Accounts, monkeypatch: pytest.MonkeyPatch) -> None:
+    for _ in range(4):
+        accounts.authenticate("GET", basic("nobody", "x"), ATTACKER)
+    checked: list[str] = []
+    monkeypatch.setattr(passwords, "verify_password", lambda pw, encoded: checked.append(encoded) or True)
+    assert accounts.authenticate("GET", basic("nobody", "x"), ATTACKER).principal is None
+    with pytest.raises(Throttled):
+        accounts.login("nobody", "x", None, ATTACKER)
+    assert checked == []
+
+
+def test_the_throttle_doubles_while_the_attack_goes_on(accounts: Accounts, clock: Clock) -> None:
+    blocks = []
+    for _ in range(3):
+        for _ in range(4):
+            with pytest.raises(LoginFailed):
+                accounts.login("alice", "Wrong-password-1", None, ATTACKER)
+        with pytest.raises(Throttled) as info:
+            accounts.login("alice", "Wrong-password-1", None, ATTACKER)
+        blocks.append(info.value.retry_after)
+        clock.now += info.value.retry_after + 1
+        accounts.login("alice", ADMIN_PW, None, IP)  # the admin's success does not forgive the attacker
+    assert blocks == [60, 120, 240]
+
+
+def test_spraying_names_from_one_address_is_throttled(accounts: Accounts) -> None:
+    for i in range(19):
+        with pytest.raises(LoginFailed):
+            accounts.login(f"user{i // 3}", "Wrong-password-1", None, ATTACKER)
+    with pytest.raises(LoginFailed):
+        accounts.login("bob", "Wrong-password-1", None, ATTACKER)  # the 20th failure for any name
+    with pytest.raises(Throttled):
+        accounts.login("carol", "Wrong-password-1", None, ATTACKER)
+
+
+def test_ipv6_addresses_are_throttled_per_64(accounts: Accounts) -> None:
+    for i in range(4):
+        with pytest.raises(LoginFailed):
+            accounts.login("alice", "Wrong-password-1", None, f"2001:db8:1:2::{i + 1}")
+    with pytest.raises(Throttled):
+        accounts.login("alice", ADMIN_PW, None, "2001:db8:1:2:ffff::9")
+    assert accounts.login("alice", ADMIN_PW, None, "2001:db8:1:3::1").token
+
+
+def test_unknown_and_service_names_cost_a_dummy_verification_at_login(accounts: Accounts, store: Store,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store.add_user("svc-gateway-0123456789ab", passwords.hash_password("Gateway-password-0123"), "gateway")
+    checked: list[str] = []
+    monkeypatch.setattr(passwords, "verify_password", lambda pw, encoded: checked.append(encoded) or True)
+    for name in ("nobody", "svc-gateway-0123456789ab"):  # service accounts never log in: an unknown name
+        with pytest.raises(LoginFailed, match=LOGIN_FAILED):
+            accounts.login(name, "Gateway-password-0123", None, IP)
+    assert checked == [accounts_mod.DUMMY_HASH, accounts_mod.DUMMY_HASH]
+
+
+def test_every_login_gets_a_new_token(accounts: Accounts) -> None:
+    tokens = {accounts.login("bob", PW, None, IP).token for _ in range(3)}
+    assert len(tokens) == 3
 
 
 # -- password change -----------------------------------------------------------------------------------

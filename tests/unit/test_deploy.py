@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import deploy, passwords, plugin_config, user_admin
+from securepacs import deploy, gateway_account, passwords, plugin_config, user_admin
 from securepacs.deploy import DeployError, ServiceUsers
 from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
@@ -27,8 +27,10 @@ FAKE_UID = 12345
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", certs_dir=tmp_path / "certs", dicom_port=12762, https_port=18443,
-                    http_port=18042, aet="TEST_PACS", hostnames=("localhost",))
+    s = Settings(data_dir=tmp_path / "data", certs_dir=tmp_path / "certs", dicom_port=12762, https_port=18443,
+                 http_port=18042, aet="TEST_PACS", hostnames=("localhost",))
+    deploy.ensure_proxy_secret(deploy.proxy_dir(s), None)  # what prepare() does before Orthanc reads its config
+    return s
 
 
 @pytest.fixture
@@ -276,31 +278,78 @@ def test_check_reachable_accepts_owner_or_group_access(open_base: Path, owner: t
     deploy.check_reachable(data, fake_user())
 
 
+def _credential(path: Path) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in path.read_text().splitlines())
+
+
 def test_gateway_account_is_created_once_with_a_private_credential(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     try:
         path = tmp_path / "gateway" / "credential.txt"
         path.parent.mkdir()
-        assert deploy.ensure_gateway_account(store, path, None) is True
+        assert gateway_account.ensure_gateway_account(store, path, None) is True
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        fields = dict(line.split(": ", 1) for line in path.read_text().splitlines())
-        user = store.get_user("gateway")
+        fields = _credential(path)
+        # Not guessable: a random suffix (48 bits) after the prefix, kept in the credential file.
+        assert re.fullmatch(r"svc-gateway-[0-9a-f]{12}", fields["username"]), fields["username"]
+        user = store.get_user(fields["username"])
         assert user is not None and user.role == "gateway" and user.clinic is None
         assert passwords.verify_password(fields["password"], user.password_hash)
-        assert deploy.ensure_gateway_account(store, path, None) is False  # kept across starts
-        path.unlink()  # lost file: a new password, the account stays
-        assert deploy.ensure_gateway_account(store, path, None) is True
-        new = dict(line.split(": ", 1) for line in path.read_text().splitlines())["password"]
-        assert new != fields["password"] and passwords.verify_password(new, store.get_user("gateway").password_hash)
+        assert gateway_account.ensure_gateway_account(store, path, None) is False  # kept across starts
+        assert _credential(path) == fields
+        path.unlink()  # lost file: a new account; the old one is disabled
+        assert gateway_account.ensure_gateway_account(store, path, None) is True
+        new = _credential(path)
+        assert new["username"] != fields["username"] and new["password"] != fields["password"]
+        assert passwords.verify_password(new["password"], store.get_user(new["username"]).password_hash)
+        assert store.get_user(fields["username"]).disabled
+        assert [u.username for u in store.list_users() if u.role == "gateway" and not u.disabled] == [new["username"]]
     finally:
         store.close()
+
+
+def test_the_fixed_gateway_name_of_earlier_versions_is_replaced(fast_hash: None, tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        path = tmp_path / "credential.txt"
+        store.add_user("gateway", passwords.hash_password("Old-gateway-pw-1"), "gateway")
+        path.write_text("username: gateway\npassword: Old-gateway-pw-1\n")
+        assert gateway_account.ensure_gateway_account(store, path, None) is True
+        fields = _credential(path)
+        assert fields["username"].startswith(gateway_account.GATEWAY_USER_PREFIX)
+        assert store.get_user("gateway").disabled and not store.get_user(fields["username"]).disabled
+        assert gateway_account.ensure_gateway_account(store, path, None) is False
+    finally:
+        store.close()
+
+
+def test_the_proxy_secret_is_generated_once_and_private(tmp_path: Path) -> None:
+    secret_path, conf_path = deploy.ensure_proxy_secret(tmp_path / "proxy", None)
+    secret = secret_path.read_text().strip()
+    assert len(secret) >= 40
+    for path in (secret_path, conf_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "proxy").stat().st_mode) == 0o700
+    assert conf_path.read_text() == f'proxy_set_header X-SecurePACS-Proxy-Secret "{secret}";\n'
+    deploy.ensure_proxy_secret(tmp_path / "proxy", None)
+    assert secret_path.read_text().strip() == secret  # kept: separately prepared components must agree
+
+
+def test_nginx_includes_the_proxy_secret_and_hides_internal_routes(settings: Settings, pki: Pki,
+                                                                    tmp_path: Path) -> None:
+    text = deploy.render_nginx(settings, pki, tmp_path / "nginx", ServiceUsers(None, None))
+    secret = (deploy.proxy_dir(settings) / "secret").read_text().strip()
+    assert secret not in text  # the rendered configuration is world-readable: the secret stays in its file
+    assert f"include {deploy.proxy_dir(settings) / 'nginx.conf'};" in text
+    assert re.search(r"location \^~ /securepacs/internal \{\s*return 404;", text)
+    assert re.search(r"location = /securepacs/login \{\s*limit_req zone=securepacs_login", text)
 
 
 def test_the_audit_trail_is_configured_with_its_key_outside_the_trail(settings: Settings, pki: Pki,
                                                                        tmp_path: Path) -> None:
     cfg = deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")["SecurePACS"]
     assert cfg["AuditTrail"] == str(settings.data_dir / "audit" / "trail.jsonl")
-    assert cfg["AuditCheckpointKey"] == str(settings.certs_dir / "audit" / "checkpoint.key")
+    assert "AuditCheckpointKey" not in cfg  # Orthanc must not hold the key: the audit signer (own uid) does
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
     full = {**base, **deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")}
     assert plugin_config.parse(full).audit_trail == settings.audit_trail_path

@@ -67,6 +67,15 @@ def test_a_refused_cget_is_a_restricted_function_alert(trail: AuditTrail, tmp_pa
     assert record["event_types"][0]["code"] == "110132" and record["participants"][1]["clinic"] == "north"
 
 
+def test_an_allowed_cget_is_not_a_security_alert(trail: AuditTrail, tmp_path: Path) -> None:
+    # The archive's ownership endpoint writes the retrieve's Instances Transferred record; an allowed C-GET
+    # used to add a Security Alert with outcome 8 (serious failure) as if it had been refused.
+    log = EventLog(tmp_path / "events.jsonl", GatewayAudit(trail, "SECUREPACS", "h"))
+    log.record("cget-allowed", {"clinic": "north", "level": "SERIES", "message_id": 1})
+    assert bodies(trail) == []
+    assert '"kind":"cget-allowed"' in (tmp_path / "events.jsonl").read_text()  # the event file keeps it
+
+
 def test_a_trail_that_cannot_be_written_is_reported_not_raised(trail: AuditTrail,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     audit = GatewayAudit(trail, "SECUREPACS", "h")

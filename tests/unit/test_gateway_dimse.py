@@ -147,10 +147,12 @@ class Archive:
 
     def __init__(self, answer: Callable[[str, str, dict[str, list[str]]], Awaitable[bool]] | None = None):
         self.calls: list[tuple[str, str, dict[str, list[str]]]] = []
+        self.calling_aets: list[str] = []
         self._answer = answer
 
-    async def authorize(self, clinic: str, level: str, keys: dict[str, list[str]]) -> bool:
+    async def authorize(self, clinic: str, level: str, keys: dict[str, list[str]], calling_aet: str = "") -> bool:
         self.calls.append((clinic, level, keys))
+        self.calling_aets.append(calling_aet)
         if self._answer is not None:
             return await self._answer(clinic, level, keys)
         uids = [u for name, values in keys.items() if name != "PatientID" for u in values]
@@ -239,6 +241,7 @@ def test_own_c_get_is_held_then_forwarded_byte_identical(level: str, own: dict, 
     assert actions[0] == Action(), "the command is held until the identifier is complete"
     assert forwarded(actions) == pdus and replied(actions) == []
     assert archive.calls == [("north", level, {k: [v] for k, v in own.items()})]
+    assert archive.calling_aets == ["NORTH_CT"]  # the requestor's calling AE title, for the retrieve record
     assert [kind for kind, _ in events] == ["cget-allowed"]
     assert events[0][1]["level"] == level
 

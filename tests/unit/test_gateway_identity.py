@@ -167,18 +167,29 @@ def test_egress_picks_the_clinic_owning_the_called_aet(env):
     assert check_egress(AET, "CLINICA", AET, trust.refresh()).code == "destination-clinic-revoked"
 
 
-def test_destination_certificate_must_be_the_clinics_or_name_the_host(env):
-    p, _, trust, a, b = env
+def test_destination_certificate_must_serve_name_the_host_and_not_another_clinic(env):
+    p, _, trust, a, _ = env
     clinic = check_egress(AET, "CLINICA", AET, trust.snapshot)
-    assert check_destination(peer(a), clinic, "127.0.0.1", a.certificate, trust.snapshot) is None
-    assert (check_destination(peer(b), clinic, "127.0.0.1", b.certificate, trust.snapshot)
+    loopback = {"usage": "server+client", "ip_addresses": ["127.0.0.1"]}
+    # The bundle `clinic add --host 127.0.0.1` issues: clinic URIs, serverAuth, the host in the SAN.
+    bundle = p.clinic("clinicA", ["CLINICA", "CLINICA2"], **loopback)
+    assert check_destination(peer(bundle), clinic, "127.0.0.1", bundle.certificate, trust.snapshot) is None
+    assert (check_destination(peer(bundle), clinic, "10.0.0.9", bundle.certificate, trust.snapshot)
+            == "destination-certificate-does-not-name-host")
+    # A clientAuth-only bundle (enrolled without --host) cannot act as a server.
+    assert (check_destination(peer(a), clinic, "127.0.0.1", a.certificate, trust.snapshot)
+            == "destination-certificate-not-for-servers")
+    other = p.clinic("clinicB", ["CLINICB"], **loopback)  # another clinic behind the same address
+    assert (check_destination(peer(other), clinic, "127.0.0.1", other.certificate, trust.snapshot)
             == "destination-certificate-of-another-clinic")
-    named = p.issue("scp", "scp", "server+client", ip_addresses=["127.0.0.1"])
-    assert check_destination(peer(named), clinic, "127.0.0.1", named.certificate, trust.snapshot) is None
+    # An SCP certificate of our CA that names no clinic is accepted for the host it names (DNS or IP).
+    named = p.issue("scp", "scp", "server+client", ip_addresses=["::1"], dns_names=["scp.clinic-a.example"])
+    for host in ("::1", "0:0::1", "SCP.clinic-a.example", "scp.clinic-a.example."):
+        assert check_destination(peer(named), clinic, host, named.certificate, trust.snapshot) is None, host
     assert (check_destination(peer(named), clinic, "10.0.0.9", named.certificate, trust.snapshot)
             == "destination-certificate-does-not-name-host")
-    p.write_crl([a.serial])
-    assert (check_destination(peer(a), clinic, "127.0.0.1", a.certificate, trust.refresh())
+    p.write_crl([bundle.serial])
+    assert (check_destination(peer(bundle), clinic, "127.0.0.1", bundle.certificate, trust.refresh())
             == "destination-certificate-revoked")
 
 

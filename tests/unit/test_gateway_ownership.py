@@ -28,7 +28,8 @@ def verdict(allowed: Any, reason: str = "r") -> Answer:
 
 
 async def ask(answer: Answer | None, *, timeout: float = 2.0,
-              keys: dict[str, list[str]] | None = None) -> tuple[bool, list[tuple[str, dict[str, str], bytes]]]:
+              keys: dict[str, list[str]] | None = None,
+              calling_aet: str = "") -> tuple[bool, list[tuple[str, dict[str, str], bytes]]]:
     """Run one authorize() against a server that answers with ``answer`` (None: nothing listens)."""
     requests: list[tuple[str, dict[str, str], bytes]] = []
 
@@ -50,7 +51,8 @@ async def ask(answer: Answer | None, *, timeout: float = 2.0,
         await server.wait_closed()
     client = OwnershipClient(port, "gateway", "s3cret:pw", timeout=timeout)
     try:
-        allowed = await client.authorize("north", "STUDY", keys or {"StudyInstanceUID": ["1.2.3", "1.2.4"]})
+        allowed = await client.authorize("north", "STUDY", keys or {"StudyInstanceUID": ["1.2.3", "1.2.4"]},
+                                         calling_aet)
     finally:
         server.close()
     return allowed, requests
@@ -64,6 +66,14 @@ def test_request_follows_the_contract() -> None:
     assert headers["content-type"] == "application/json"
     assert json.loads(body) == {"clinic": "north", "level": "STUDY",
                                 "keys": {"StudyInstanceUID": ["1.2.3", "1.2.4"]}}
+
+
+def test_the_calling_ae_title_is_sent_for_the_archives_record_and_nothing_else_is() -> None:
+    _, [(_, headers, _)] = asyncio.run(ask(verdict(True), calling_aet="NORTH_CT"))
+    assert headers["x-securepacs-calling-aet"] == "NORTH_CT"
+    for not_an_aet in ("", "A\r\nX-Evil: 1", "SEVENTEEN-CHARS-X", "A\\B"):
+        _, [(_, headers, _)] = asyncio.run(ask(verdict(True), calling_aet=not_an_aet))
+        assert "x-securepacs-calling-aet" not in headers and "x-evil" not in headers
 
 
 def test_refusal_is_a_refusal() -> None:

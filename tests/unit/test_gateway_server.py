@@ -63,13 +63,13 @@ class World:
         p = self.pki
         self.upstream = TestSCP(ssl_context=server_context(p.orthanc_internal.cert, p.orthanc_internal.key,
                                                            p.internal_ca)).start()
-        # Clinic M's retrieve SCP (egress destination): its certificate names clinic M.
-        self.clinic_m = p.clinic("clinicM", ["CLINICM"], usage="server+client")
+        # Clinic M's retrieve SCP (egress destination): its bundle names clinic M and the host it is at.
+        self.clinic_m = p.clinic("clinicM", ["CLINICM"], usage="server+client", ip_addresses=["127.0.0.1"])
         self.scp_m = TestSCP(ssl_context=server_context(self.clinic_m.cert, self.clinic_m.key, p.clinic_ca),
                              ae_title="CLINICM").start()
         enrol(self.store, self.clinic_m, "clinicM", ["CLINICM"], ("127.0.0.1", self.scp_m.port))
         # Clinic N's registered address answers with clinic A's certificate: an impostor.
-        impostor = p.clinic("impostor", ["CLINICA"], usage="server+client",
+        impostor = p.clinic("impostor", ["CLINICA"], usage="server+client", ip_addresses=["127.0.0.1"],
                             uris=["urn:securepacs:clinic:clinicA"])
         self.scp_n = TestSCP(ssl_context=server_context(impostor.cert, impostor.key, p.clinic_ca),
                              ae_title="CLINICN").start()
@@ -650,7 +650,7 @@ def test_command_refuses_to_start_without_the_gateway_credential(tmp_path, monke
     # Behind the gateway Orthanc allows C-GET for clinics: without the ownership check it must not run.
     monkeypatch.setenv("SECUREPACS_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SECUREPACS_CERTS", str(tmp_path / "certs"))
-    args = argparse.Namespace(listen=("127.0.0.1", 0), cget_check=True)
+    args = argparse.Namespace(listen=("127.0.0.1", 0))
     assert gateway_cmd.run(args) == 2
     assert "credential.txt does not exist" in capsys.readouterr().err
 
@@ -688,7 +688,7 @@ def test_standalone_entry_point_offers_the_gateway_flags(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--listen" in out and "--no-cget-check" in out
+    assert "--listen" in out and "--no-cget-check" not in out
 
 
 def test_a_refused_handshake_tells_the_client_why(world, gw, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -10,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securepacs.internal_pki import InternalPki
-from securepacs.pki import Pki, load_cert, load_key
+from securepacs.pki import Pki, load_cert, load_key, make_cert, write_cert, write_key
 
 
 def test_creates_ca_and_both_leaves_once(tmp_path: Path) -> None:
@@ -54,3 +55,21 @@ def test_a_leaf_from_another_ca_is_reissued(tmp_path: Path) -> None:
     first.cert_path("gateway").write_bytes(other.cert_path("gateway").read_bytes())
     assert first.ensure() is True
     assert load_cert(first.cert_path("gateway")).issuer == load_cert(first.ca_cert_path).subject
+
+
+def test_leaves_live_at_most_365_days_and_older_longer_ones_are_reissued(tmp_path: Path) -> None:
+    internal = InternalPki(tmp_path)
+    internal.ensure()
+    for name in ("orthanc", "gateway"):
+        cert = load_cert(internal.cert_path(name))
+        assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 365
+    # A leaf of the former 825-day policy, far from expiry, is replaced at the next start.
+    now = datetime.now(UTC)
+    ca_key, ca_cert = load_key(internal.ca_key_path), load_cert(internal.ca_cert_path)
+    key, cert = make_cert(ca_key, ca_cert, "SecurePACS gateway (internal)", usage="server+client",
+                          dns_names=["localhost"], not_before=now, not_after=now + timedelta(days=825))
+    write_key(internal.key_path("gateway"), key, overwrite=True)
+    write_cert(internal.cert_path("gateway"), cert)
+    assert internal.ensure() is True
+    renewed = load_cert(internal.cert_path("gateway"))
+    assert (renewed.not_valid_after_utc - renewed.not_valid_before_utc).days == 365

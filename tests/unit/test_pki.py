@@ -118,8 +118,10 @@ def test_leaf_serials_random(ca: tuple[pki.PrivateKey, x509.Certificate]) -> Non
 
 def test_leaf_lifetime_rules(ca: tuple[pki.PrivateKey, x509.Certificate]) -> None:
     ca_key, ca_cert = pki.make_ca("Long CA", days=3650)
-    with pytest.raises(PkiError, match=r"days=826.*1-825"):
-        pki.make_cert(ca_key, ca_cert, "x", usage="client", days=826)
+    with pytest.raises(PkiError, match=r"days=366.*1-365"):  # Mozilla's TLS profiles: at most 366 days
+        pki.make_cert(ca_key, ca_cert, "x", usage="client", days=366)
+    _, longest = pki.make_cert(ca_key, ca_cert, "x", usage="client", days=365)
+    assert (longest.not_valid_after_utc - longest.not_valid_before_utc).days == 365  # clock skew included
     # Explicit dates are how tests craft expired certificates: no cap, but the range must not be empty.
     start = datetime(2020, 1, 1, tzinfo=UTC)
     _, old = pki.make_cert(ca_key, ca_cert, "x", usage="client", not_before=start, not_after=start + timedelta(900))
@@ -258,7 +260,7 @@ def test_ensure_server(tmp_path: Path) -> None:
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
                                                        ipaddress.ip_address("::1")]
     lifetime = cert.not_valid_after_utc - datetime.now(UTC)
-    assert timedelta(days=396) < lifetime <= timedelta(days=397)
+    assert timedelta(days=364) < lifetime <= timedelta(days=365)
 
     before = snapshot(tmp_path)
     assert p.ensure_server(["localhost", "pacs.example.org"]) is False  # a subset is covered
@@ -283,6 +285,23 @@ def test_ensure_server_renews_expiring(tmp_path: Path) -> None:
     assert p.ensure_server(["localhost"]) is True
     assert pki.load_cert(p.server_cert_path).not_valid_after_utc > now + timedelta(days=300)
     assert pki.load_key(p.server_key_path).private_numbers() != key.private_numbers()
+
+
+def test_ensure_server_reissues_a_certificate_longer_than_the_cap(tmp_path: Path) -> None:
+    """A 397-day certificate from before the 365-day cap is replaced at the next start, though far from expiry."""
+    p = Pki(tmp_path)
+    p.ensure_ca()
+    ca_key, ca_cert = p.load_ca()
+    now = datetime.now(UTC)
+    key, cert = pki.make_cert(ca_key, ca_cert, "localhost", usage="server+client", dns_names=["localhost"],
+                              not_before=now, not_after=now + timedelta(days=397))
+    pki.write_key(p.server_key_path, key)
+    pki.write_cert(p.server_cert_path, cert)
+    assert p.server_renewal_reason(["localhost"]) == "valid for 397 days, longer than the 365-day limit"
+    assert p.ensure_server(["localhost"]) is True
+    renewed = pki.load_cert(p.server_cert_path)
+    assert (renewed.not_valid_after_utc - renewed.not_valid_before_utc).days == 365
+    assert p.server_renewal_reason(["localhost"]) is None
 
 
 def test_ensure_server_bad_hostnames(tmp_path: Path) -> None:
@@ -325,6 +344,24 @@ def test_issue_clinic_bundle(tmp_path: Path) -> None:
     assert [c.certificate for c in p12.additional_certs] == [ca_cert]
     with pytest.raises(ValueError):
         pkcs12.load_pkcs12(b.p12_path.read_bytes(), b"wrong")
+
+
+def test_clinic_bundle_with_a_retrieve_address_also_serves_the_clinic_scp(tmp_path: Path) -> None:
+    p = Pki(tmp_path)
+    p.ensure_ca()
+    for host, dns, ips in (("10.1.2.3", [], [ipaddress.ip_address("10.1.2.3")]),
+                           ("PACS.North.example", ["pacs.north.example"], [])):
+        name = f"north{len(dns)}"
+        cert = pki.load_cert(p.issue_clinic(name, ["N"], days=30, move_host=host).cert_path)
+        assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH,
+                                                                ExtendedKeyUsageOID.CLIENT_AUTH]
+        san = ext(cert, x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == dns
+        assert san.get_values_for_type(x509.IPAddress) == ips
+        assert pki.clinic_identity(cert) == (name, ("N",))
+    with pytest.raises(PkiError, match=r"DNS name 'bad\.\.host' is invalid"):
+        p.issue_clinic("south", ["S"], move_host="bad..host")
+    assert not (tmp_path / "clinics" / "south").exists()
 
 
 def test_issue_clinic_refusals_leave_nothing(tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ from securepacs.tenancy import read_ids
 from securepacs.web import Request, Response
 
 ADMIN_PW = "admin-password-1234"
+PROXY_SECRET = "test-proxy-secret-0123456789abcdefghijklmnop"
+# What nginx adds to every request it forwards: its secret and the client's address.
+THROUGH_NGINX = {"x-securepacs-proxy-secret": PROXY_SECRET, "x-securepacs-client-ip": "203.0.113.9"}
 SYSTEM = {"Name": "SecurePACS", "Version": "1.10.1", "DicomAet": "SECUREPACS", "DatabaseVersion": 6}
 
 
@@ -135,7 +138,8 @@ def rest() -> FakeRest:
 
 @pytest.fixture
 def app(tmp_path: Path, rest: FakeRest, api: FakeModalityApi, system: FakeSystem) -> Iterator[SecurePacsApp]:
-    a = SecurePacsApp(PluginConfig(store_path=tmp_path / "data" / "securepacs.db"), rest, api, system)
+    a = SecurePacsApp(PluginConfig(store_path=tmp_path / "data" / "securepacs.db", proxy_secret=PROXY_SECRET), rest,
+                      api, system)
     a.store.add_user("alice", passwords.hash_password(ADMIN_PW, n=2**10), "admin")
     yield a
     a.modalities.stop()
@@ -176,21 +180,24 @@ def test_filter_allows_an_admin_and_refuses_others(app: SecurePacsApp) -> None:
 
 def test_refusal_is_logged_with_client_ip_but_no_secret(app: SecurePacsApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="securepacs")
-    headers = {**basic("alice", "wrong-password"), "x-securepacs-client-ip": "203.0.113.9"}
+    headers = {**basic("alice", "wrong-password"), **THROUGH_NGINX}
     assert not app.filter_http("/instances", 2, "127.0.0.1", headers)
     assert "HTTP POST '/instances' from '203.0.113.9' refused: no valid credentials" in caplog.text
     assert "wrong-password" not in caplog.text
     assert headers["authorization"].split()[1] not in caplog.text
+    assert PROXY_SECRET not in caplog.text
 
 
 def test_app_uses_the_configured_proxy_and_header(tmp_path: Path, rest: FakeRest, api: FakeModalityApi,
                                                   system: FakeSystem) -> None:
     config = PluginConfig(store_path=tmp_path / "sp.db", trusted_proxies=("10.0.0.2",), client_ip_header="x-real-ip",
-                          auth_cache_seconds=0)
+                          auth_cache_seconds=0, proxy_secret=PROXY_SECRET)
     a = SecurePacsApp(config, rest, api, system)
+    secret = {"x-securepacs-proxy-secret": PROXY_SECRET}
     try:
-        assert a.auth.client_ip("10.0.0.2", {"x-real-ip": "203.0.113.9"}) == "203.0.113.9"
-        assert a.auth.client_ip("127.0.0.1", {"x-real-ip": "203.0.113.9"}) == "127.0.0.1"
+        assert a.auth.client_ip("10.0.0.2", {"x-real-ip": "203.0.113.9", **secret}) == "203.0.113.9"
+        assert a.auth.client_ip("10.0.0.2", {"x-real-ip": "203.0.113.9"}) == "10.0.0.2"  # no secret: not nginx
+        assert a.auth.client_ip("127.0.0.1", {"x-real-ip": "203.0.113.9", **secret}) == "127.0.0.1"
         assert a.store.path == tmp_path / "sp.db"
     finally:
         a.store.close()
@@ -398,11 +405,33 @@ def test_bind_refuses_wrong_credentials(app: SecurePacsApp) -> None:
 
 def test_bind_gives_the_handler_the_principal_and_client_ip(app: SecurePacsApp) -> None:
     handler = Recorder()
-    headers = {**basic("alice", ADMIN_PW), "x-securepacs-client-ip": "203.0.113.9"}
+    headers = {**basic("alice", ADMIN_PW), **THROUGH_NGINX}
     assert app.bind(handler)(request("/securepacs/api/me", headers=headers)).status == 200
     [(req, principal)] = handler.calls
     assert principal is not None and principal.name == "alice" and principal.is_admin
-    assert req.client_ip == "203.0.113.9"  # the route comes through nginx, whose header is trusted
+    assert req.client_ip == "203.0.113.9"  # the route comes through nginx (its secret), whose header is trusted
+
+    # A local process cannot claim an address: without the secret the header is ignored ...
+    handler.calls.clear()
+    forged = {**basic("alice", ADMIN_PW), "x-securepacs-client-ip": "203.0.113.9"}
+    assert app.bind(handler)(request("/securepacs/api/me", headers=forged)).status == 200
+    assert handler.calls[0][0].client_ip == "127.0.0.1"
+    # ... and a wrong secret is a forgery: refused before any handler runs.
+    handler.calls.clear()
+    wrong = {**forged, "x-securepacs-proxy-secret": "x" * 43}
+    response = app.bind(handler)(request("/securepacs/api/me", headers=wrong))
+    assert (response.status, handler.calls) == (403, [])
+
+
+def test_internal_routes_only_for_local_services(app: SecurePacsApp) -> None:
+    handler = Recorder()
+    headers = basic("alice", ADMIN_PW)
+    assert app.bind(handler, "internal")(request("/securepacs/internal/ownership", "POST", headers)).status == 200
+    for extra in (THROUGH_NGINX, {"x-securepacs-client-ip": "203.0.113.9"}):
+        response = app.bind(handler, "internal")(request("/securepacs/internal/ownership", "POST",
+                                                         {**headers, **extra}))
+        assert response.status == 403 and "internal route" in str(response.body)
+    assert len(handler.calls) == 1
 
 
 def test_bind_does_not_authenticate_anonymous_routes(app: SecurePacsApp) -> None:
@@ -420,7 +449,7 @@ def test_login_route_works_without_credentials(app: SecurePacsApp) -> None:
     handlers = dict(app.routes())
     body = json.dumps({"username": "alice", "password": ADMIN_PW}).encode()
     login = Request(method="POST", uri="/securepacs/login", groups=(), body=body, get={},
-                    headers={"content-type": "application/json", "x-securepacs-client-ip": "203.0.113.9"})
+                    headers={"content-type": "application/json", **THROUGH_NGINX})
     response = handlers["/securepacs/login"](login)
     assert response.status == 200, response.body
     token = json.loads(response.body)["token"]

@@ -232,3 +232,40 @@ def test_plain_dicom_only_as_the_explicit_hop_behind_the_gateway() -> None:
         parse(config({"InternalHop": "plain", "MoveRelayPort": 2764}, DicomTlsEnabled=False))
     with pytest.raises(ConfigError, match=r"SecurePACS.InternalHop = 'udp' is invalid"):
         parse(config({"InternalHop": "udp"}))
+
+
+# -- per-address throttle and nginx's proxy secret ---------------------------------------------------------
+def test_the_address_throttle_stays_below_the_lockout() -> None:
+    assert parse(config()).address_max_failures == 4
+    assert parse(config({"MaxLoginFailures": 3})).address_max_failures == 2  # derived: one fewer
+    assert parse(config({"MaxLoginFailures": 1})).address_max_failures == 0  # off: nothing below 1
+    with pytest.raises(ConfigError, match=r"SecurePACS.AddressMaxFailures = 5 is invalid: expected fewer than "
+                                          r"MaxLoginFailures \(5\)"):
+        parse(config({"AddressMaxFailures": 5}))
+    assert parse(config({"AddressBackoffSeconds": 120})).address_backoff_seconds == 120
+
+
+def test_the_proxy_secret_is_read_from_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text("s" * 43 + "\n")
+    parsed = parse(config({"ProxySecretFile": str(path)}))
+    assert parsed.proxy_secret == "s" * 43
+    assert "s" * 43 not in repr(parsed)  # never in a log line that prints the configuration
+    assert parse(config()).proxy_secret is None
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "a readable file with nginx's proxy secret"),
+    ("short", "32-256 characters"),
+    ("x" * 40 + " y", "32-256 characters"),
+])
+def test_a_bad_proxy_secret_file_stops_the_plugin(tmp_path: Path, content: str | None, expected: str) -> None:
+    path = tmp_path / "secret"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"SecurePACS.ProxySecretFile = '{path}' is invalid: expected .*{expected}"):
+        parse(config({"ProxySecretFile": str(path)}))
+    if content:
+        with pytest.raises(ConfigError) as info:
+            parse(config({"ProxySecretFile": str(path)}))
+        assert content not in str(info.value)

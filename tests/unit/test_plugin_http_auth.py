@@ -27,6 +27,13 @@ ADMIN_PW = "Admin-password-1234"
 DOCTOR_PW = "Doctor-password-5678"
 PROXY = "127.0.0.1"
 HEADER = "X-SecurePACS-Client-IP"
+SECRET = "unit-test-proxy-secret-0123456789abcdefghij"
+SECRET_HEADER = "x-securepacs-proxy-secret"
+
+
+def via_nginx(ip: str = "203.0.113.9") -> dict[str, str]:
+    """The two headers nginx adds to every request it forwards."""
+    return {SECRET_HEADER: SECRET, HEADER.lower(): ip}
 
 
 def fast_hash(password: str) -> str:
@@ -57,7 +64,7 @@ def make_auth(store: Store, clock: Clock) -> Callable[..., HttpAuthenticator]:
     def make(cache_seconds: int = 60, policy: Callable[..., object] = admin_only) -> HttpAuthenticator:
         accounts = Accounts(store, AccountSettings(auth_cache_seconds=cache_seconds), clock=clock)
         return HttpAuthenticator(accounts, policy, trusted_proxies=(PROXY, "::1"),  # type: ignore[arg-type]
-                                 client_ip_header=HEADER)
+                                 client_ip_header=HEADER, proxy_secret=SECRET)
     return make
 
 
@@ -238,7 +245,7 @@ def test_malformed_authorization_is_denied(auth: HttpAuthenticator, verify_calls
 
 
 def test_wrong_password_is_denied(auth: HttpAuthenticator, caplog: pytest.LogCaptureFixture) -> None:
-    headers = {**basic("alice", ADMIN_PW + "x"), HEADER.lower(): "203.0.113.9"}
+    headers = {**basic("alice", ADMIN_PW + "x"), **via_nginx()}
     decision = auth.authorize("/system", "GET", PROXY, headers)
     assert not decision.allowed and decision.user is None
     assert "authentication failed for user 'alice' via HTTP Basic from '203.0.113.9' (failure 1 of 5)" in caplog.text
@@ -249,11 +256,11 @@ def test_unknown_user_is_denied_after_a_dummy_verification(auth: HttpAuthenticat
     decision = auth.authorize("/system", "GET", PROXY, basic("mallory", ADMIN_PW))
     assert not decision.allowed and decision.user is None
     # Same scrypt work as for a real user, so response timing does not reveal which user names exist.
-    assert verify_calls == [accounts_mod._DUMMY_HASH]
+    assert verify_calls == [accounts_mod.DUMMY_HASH]
 
 
 def test_dummy_hash_is_well_formed_with_real_parameters() -> None:
-    scheme, n, r, p, salt, key = accounts_mod._DUMMY_HASH.split("$")
+    scheme, n, r, p, salt, key = accounts_mod.DUMMY_HASH.split("$")
     assert scheme == "scrypt"
     assert (int(n), int(r), int(p)) == (passwords.SCRYPT_N, passwords.SCRYPT_R, passwords.SCRYPT_P)
     assert len(base64.b64decode(salt, validate=True)) == 16
@@ -378,7 +385,7 @@ def test_cached_credential_of_one_user_does_not_serve_another(
 
 def test_cache_holds_no_password(auth: HttpAuthenticator) -> None:
     auth.authorize("/system", "GET", PROXY, basic("alice", ADMIN_PW))
-    cache = auth._accounts._cache
+    cache = auth._accounts._cache.entries
     assert len(cache) == 1
     assert not any(ADMIN_PW.encode() in key for key in cache)
     assert not any(ADMIN_PW in value[0] for value in cache.values())
@@ -387,7 +394,85 @@ def test_cache_holds_no_password(auth: HttpAuthenticator) -> None:
 # -- client address ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("peer", [PROXY, "::1"])
 def test_client_ip_from_header_when_peer_is_a_trusted_proxy(auth: HttpAuthenticator, peer: str) -> None:
-    assert auth.client_ip(peer, {"x-securepacs-client-ip": " 203.0.113.9 "}) == "203.0.113.9"
+    assert auth.client_ip(peer, {**via_nginx(" 203.0.113.9 ")}) == "203.0.113.9"
+    assert auth.client_ip(peer, {**via_nginx("2001:DB8::1")}) == "2001:db8::1"  # canonical form
+
+
+@pytest.mark.parametrize("value", ["not-an-ip", "203.0.113.9, 198.51.100.1", "203.0.113.9'\nforged", "1.2.3.4.5"])
+def test_client_ip_header_must_parse_as_an_address(auth: HttpAuthenticator, value: str) -> None:
+    assert auth.client_ip(PROXY, via_nginx(value)) == PROXY
+
+
+def test_client_ip_header_without_the_proxy_secret_is_ignored(auth: HttpAuthenticator) -> None:
+    """Any local process can reach Orthanc's loopback port: only nginx (which knows the secret) names the
+    client; another process claiming an address is attributed to its own peer address."""
+    origin = auth.origin(PROXY, {HEADER.lower(): "203.0.113.9"})
+    assert (origin.client_ip, origin.via_proxy, origin.internal, origin.forged) == (PROXY, False, False, False)
+
+
+def test_a_wrong_proxy_secret_is_refused_outright(auth: HttpAuthenticator) -> None:
+    headers = {**basic("alice", ADMIN_PW), SECRET_HEADER: SECRET[:-1] + "x", HEADER.lower(): "203.0.113.9"}
+    decision = auth.authorize("/system", "GET", PROXY, headers)
+    assert (decision.allowed, decision.client_ip) == (False, PROXY)
+    assert decision.reason.startswith("refused: wrong proxy secret")
+
+
+def test_without_a_configured_secret_nothing_is_proxied_or_internal(store: Store, clock: Clock) -> None:
+    auth = HttpAuthenticator(Accounts(store, clock=clock), admin_only, trusted_proxies=(PROXY,),
+                             client_ip_header=HEADER)
+    assert auth.origin(PROXY, {}) == auth.origin(PROXY, {}).__class__(PROXY, False, False)
+    assert auth.origin(PROXY, via_nginx()).forged
+
+
+# -- internal routes and service accounts ---------------------------------------------------------------------
+GATEWAY_PW = "Gateway-password-0123456789"
+
+
+@pytest.fixture
+def gateway(store: Store) -> str:
+    store.add_user("svc-gateway-0123456789ab", fast_hash(GATEWAY_PW), "gateway")
+    return "svc-gateway-0123456789ab"
+
+
+def gateway_only(principal: Principal, method: str, uri: str, get: Mapping[str, str]) -> tuple[bool, str]:
+    return principal.role == "gateway", "gateway"
+
+
+@pytest.mark.parametrize("uri", ["/securepacs/internal/ownership", "//securepacs//internal/ownership",
+                                 "/securepacs/internal"])
+def test_internal_routes_are_refused_through_nginx(make_auth: Callable[..., HttpAuthenticator], gateway: str,
+                                                   uri: str) -> None:
+    auth = make_auth(policy=gateway_only)
+    for headers in (via_nginx(), {HEADER.lower(): "203.0.113.9"}):
+        decision = auth.authorize(uri, "POST", PROXY, {**basic(gateway, GATEWAY_PW), **headers})
+        assert not decision.allowed and decision.reason.startswith("internal route"), headers
+    assert auth.authorize(uri, "POST", PROXY, basic(gateway, GATEWAY_PW)).allowed  # the gateway itself
+
+
+def test_a_service_account_through_nginx_is_an_unknown_name(make_auth: Callable[..., HttpAuthenticator],
+                                                            gateway: str, store: Store,
+                                                            verify_calls: list[str]) -> None:
+    auth = make_auth(policy=lambda *_: (True, "anything"))
+    decision = auth.authorize("/system", "GET", PROXY, {**basic(gateway, GATEWAY_PW), **via_nginx()})
+    assert (decision.allowed, decision.user, decision.reason) == (False, None, "no valid credentials")
+    assert verify_calls == [accounts_mod.DUMMY_HASH]  # same cost and answer as an unknown name
+
+
+def test_wrong_passwords_never_lock_a_service_account(make_auth: Callable[..., HttpAuthenticator], gateway: str,
+                                                      store: Store) -> None:
+    auth = make_auth(policy=gateway_only)
+    for _ in range(20):  # from outside (through nginx) and from a local process
+        assert not auth.authorize("/x", "GET", PROXY, {**basic(gateway, "wrong"), **via_nginx()}).allowed
+        assert not auth.authorize("/x", "GET", PROXY, basic(gateway, "wrong")).allowed
+    user = store.get_user(gateway)
+    assert user is not None and (user.failed_logins, user.locked_until) == (0, None)
+    assert auth.authorize("/x", "GET", PROXY, basic(gateway, GATEWAY_PW)).allowed
+
+
+def test_a_locked_service_account_still_works_internally(make_auth: Callable[..., HttpAuthenticator], gateway: str,
+                                                         store: Store, clock: Clock) -> None:
+    store.record_login_failure(gateway, clock.now, 1, 900)  # locked by an earlier version
+    assert make_auth(policy=gateway_only).authorize("/x", "GET", PROXY, basic(gateway, GATEWAY_PW)).allowed
 
 
 def test_client_ip_header_is_ignored_from_an_untrusted_peer(auth: HttpAuthenticator) -> None:
@@ -400,7 +485,7 @@ def test_client_ip_falls_back_to_the_peer(auth: HttpAuthenticator, headers: dict
 
 
 def test_decision_carries_the_client_ip(auth: HttpAuthenticator) -> None:
-    headers = {"x-securepacs-client-ip": "203.0.113.9"}
+    headers = via_nginx()
     assert auth.authorize("/securepacs/health", "GET", PROXY, headers).client_ip == "203.0.113.9"
     assert auth.authorize("/system", "GET", PROXY, headers).client_ip == "203.0.113.9"
     assert auth.authorize("/system", "GET", "198.51.100.7", headers).client_ip == "198.51.100.7"

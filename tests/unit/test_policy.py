@@ -119,6 +119,21 @@ MATRIX = [
     ("GET", f"/dicom-web/studies/{FOREIGN_UID}/metadata", {}, {A}),
     ("POST", f"/dicom-web/studies/{OWN_UID}", {}, {A}),  # STOW goes through the plugin's endpoint
     ("DELETE", f"/dicom-web/studies/{OWN_UID}", {}, {A}),
+    # Paths that climb out of an own resource. Orthanc resolves "..", "//" and percent-encoding before its
+    # filter sees the URI (tests/integration/test_path_traversal.py); the policy must not depend on it.
+    ("GET", f"/dicom-web/studies/{OWN_UID}/../{FOREIGN_UID}/metadata", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}/series/{OWN_SERIES_UID}/../../../studies/{FOREIGN_UID}", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}/./../{FOREIGN_UID}", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}/..", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}//metadata", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}/%2e%2e/{FOREIGN_UID}", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}\\..\\{FOREIGN_UID}", {}, {A}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}/series/{OWN_SERIES_UID}/instances/{OWN_SOP}/bulk/7fe00010", {}, {A, D, V}),
+    ("GET", f"/dicom-web/studies/{OWN_UID}/series/{OWN_SERIES_UID}/rendered", {}, {A, D, V}),
+    ("GET", f"/studies/{OWN_STUDY}/../../studies/{FOREIGN_STUDY}", {}, {A}),
+    ("GET", f"/securepacs/api/me/../../../studies/{FOREIGN_STUDY}", {}, {A}),
+    ("GET", "/securepacs/api/me/../../../system", {}, {A}),
+    ("POST", "/securepacs/api/me/totp/confirm", {}, {A, D, V, U}),
     # WADO-URI: the object decides.
     ("GET", "/wado", {"requestType": "WADO", "studyUID": OWN_UID, "objectUID": OWN_SOP}, {A, D, V}),
     ("GET", "/wado", {"requestType": "WADO", "studyUID": OWN_UID, "objectUID": FOREIGN_SOP}, {A}),

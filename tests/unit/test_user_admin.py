@@ -177,3 +177,44 @@ def test_status_and_description(store: Store) -> None:
     assert view["totp"] is True and view["disabled"] is True
     assert "JBSWY3DPEHPK3PXP" not in repr(view) and user.password_hash not in repr(view)
     assert user_admin.describe(user, NOW + 901)["locked"] is False  # an expired lock is not shown as locked
+
+
+# -- separation of duties and service accounts ------------------------------------------------------------
+def test_the_admin_api_cannot_create_an_auditor_but_the_cli_can(store: Store) -> None:
+    with pytest.raises(user_admin.Forbidden, match="auditor accounts are managed on the host only") as info:
+        user_admin.create_user(store, "audrey", "auditor", actor="alice", admin_api=True)
+    assert info.value.status == 403 and store.get_user("audrey") is None
+    assert user_admin.create_user(store, "audrey", "auditor", actor="root").user.role == "auditor"
+
+
+@pytest.mark.parametrize("action", ["enable", "reset-password", "unlock", "reset-totp"])
+def test_the_admin_api_cannot_take_over_an_auditor(store: Store, action: str) -> None:
+    store.add_user("audrey", passwords.hash_password(PW), "auditor")
+    store.set_totp_secret("audrey", "JBSWY3DPEHPK3PXP")
+    calls = {
+        "enable": lambda **kw: user_admin.set_disabled(store, "audrey", False, **kw),
+        "reset-password": lambda **kw: user_admin.reset_password(store, "audrey", **kw),
+        "unlock": lambda **kw: user_admin.unlock(store, "audrey", **kw),
+        "reset-totp": lambda **kw: user_admin.reset_totp(store, "audrey", **kw),
+    }
+    before = store.get_user("audrey")
+    with pytest.raises(user_admin.Forbidden, match=rf"`securepacs user {action} \.\.\.` run as root"):
+        calls[action](actor="alice", admin_api=True)
+    assert store.get_user("audrey") == before
+    calls[action](actor="root")  # the command line (root on the host) may
+
+
+def test_the_admin_api_may_disable_an_auditor(store: Store) -> None:
+    store.add_user("audrey", passwords.hash_password(PW), "auditor")
+    user_admin.set_disabled(store, "audrey", True, actor="alice", admin_api=True)
+    assert store.get_user("audrey").disabled
+
+
+@pytest.mark.parametrize("admin_api", [True, False])
+def test_service_accounts_are_managed_by_deploy_only(store: Store, admin_api: bool) -> None:
+    store.add_user("svc-gateway-0123456789ab", passwords.hash_password(PW), "gateway")
+    for call in (lambda: user_admin.reset_password(store, "svc-gateway-0123456789ab", actor="x", admin_api=admin_api),
+                 lambda: user_admin.set_disabled(store, "svc-gateway-0123456789ab", True, actor="x",
+                                                 admin_api=admin_api)):
+        with pytest.raises(user_admin.Forbidden, match="service account, managed by deploy only"):
+            call()

@@ -34,7 +34,15 @@ Writers and the crash window
     the chain then verifies again. A last line that parses but has a wrong hash is NOT touched: that is
     tampering, for verify() to report.
 
-Checkpoints
+The signer (:mod:`.signer`, :mod:`.checkpoints`) -- how the trail is sealed as shipped
+    No writer holds the key: a compromised writer could otherwise rewrite the trail, recompute every
+    hash and re-sign it. A separate process under its own uid (``securepacs-audit``) owns the key
+    (0600), reads the trail only, checks each new line's chain as it is appended, and every few seconds
+    (and at stop) appends a signed attestation (seq, hash) to ``checkpoints.jsonl`` beside the key, a
+    file the writers cannot write. verify() requires the trail to match every attestation; when the
+    trail stops extending what the signer saw, the signer writes a signed "diverged" line for good.
+
+In-trail checkpoints (older trails; writers given a key)
     With a signing key, a checkpoint entry is appended every ``checkpoint_every`` records (1000), every
     ``checkpoint_interval`` seconds (60) if anything new was written, and on close. Its body holds
     ``covers_seq``/``covers_hash`` (the previous entry), the time, the reason, the key id and an Ed25519
@@ -46,7 +54,9 @@ Checkpoints
     more often than the defaults. Time checkpoints need the writer to be open (a background thread).
 
 What verify() detects
-    The first bad line, for: an edited line (hash or canonical form), a deleted, inserted or moved
+    With the signer's attestations: a trail rewritten and rehashed before the last attestation, a tail
+    cut behind it, and any divergence the signer recorded. Without them (file alone): the first bad
+    line, for: an edited line (hash or canonical form), a deleted, inserted or moved
     line (seq/prev), a torn last line, a forged or altered checkpoint (signature), and a chain
     recomputed after an edit (the next checkpoint no longer covers it). It cannot detect, from the
     file alone, entries removed after the last checkpoint, or a tail cut back to a checkpoint. Those

@@ -5,6 +5,11 @@ chain is unprovable anyway. What this cannot see on its own: entries removed aft
 checkpoint (the chain is still consistent, just shorter), or a whole tail cut back to a checkpoint.
 Pass ``anchor`` = (seq, hash) known from elsewhere (the forwarder's cursor, the collector's copy) to
 catch that too.
+
+The signer's attestations (:mod:`.checkpoints`, ``checkpoints.jsonl`` next to the public key, found on
+their own when ``public_key`` is a path) are such anchors, signed by a process the trail's writers cannot
+impersonate: at every attested seq the trail must still have the attested hash, it must reach the last
+attested seq, and a divergence the signer saw is reported even if the trail looks whole now.
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ from securepacs.audit.chain import (
     entry_hash,
     iter_raw_lines,
     parse_line,
+)
+from securepacs.audit.checkpoints import (
+    KIND_ATTEST,
+    Attestation,
+    CheckpointFileError,
+    default_checkpoints_path,
+    read_attestations,
 )
 from securepacs.audit.keys import check_checkpoint_signature, load_checkpoint_public_key
 from securepacs.audit.record import AuditRecord
@@ -45,6 +57,8 @@ class VerifyReport:
     last_hash: str = GENESIS
     last_checkpoint_seq: int = 0
     signatures_checked: bool = False
+    attestations: int = 0  # the signer's, from its own file
+    last_attested_seq: int = 0
     problem: Problem | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -55,13 +69,15 @@ class VerifyReport:
     @property
     def unsigned_tail(self) -> int:
         """Entries after the last checkpoint: covered by the chain only, not by a signature."""
-        return self.last_seq - self.last_checkpoint_seq
+        return self.last_seq - max(self.last_checkpoint_seq, min(self.last_attested_seq, self.last_seq))
 
     def summary(self) -> str:
         head = (
             f"{self.path}: {self.records} records, {self.checkpoints} checkpoints, last seq {self.last_seq}, "
             f"last checkpoint at seq {self.last_checkpoint_seq or 'none'}"
         )
+        if self.attestations:
+            head += f", {self.attestations} signer attestations (last at seq {self.last_attested_seq})"
         if self.problem is not None:
             p = self.problem
             head += f"\nFIRST BAD LINE {p.line} (seq {p.seq if p.seq is not None else '?'}): {p.reason}"
@@ -70,7 +86,7 @@ class VerifyReport:
         return "\n".join([head, *self.notes])
 
 
-def _check_entry(entry: TrailEntry, raw: bytes, prev: TrailEntry | None, key: Ed25519PublicKey | None) -> str | None:
+def check_entry(entry: TrailEntry, raw: bytes, prev: TrailEntry | None, key: Ed25519PublicKey | None) -> str | None:
     expected_seq = prev.seq + 1 if prev else 1
     prev_hash = prev.hash if prev else GENESIS
     if entry.seq != expected_seq:
@@ -100,13 +116,36 @@ def verify(
     public_key: Ed25519PublicKey | str | os.PathLike[str] | None,
     *,
     anchor: tuple[int, str] | None = None,
+    checkpoints: str | os.PathLike[str] | None = "auto",
 ) -> VerifyReport:
-    """Check the whole trail; ``public_key`` None checks everything except checkpoint signatures."""
+    """Check the whole trail; ``public_key`` None checks everything except checkpoint signatures.
+
+    ``checkpoints``: the signer's attestation file; "auto" (default) is ``checkpoints.jsonl`` next to a
+    ``public_key`` given as a path, if it exists; None ignores attestations.
+    """
     path = Path(trail_path)
     key = public_key if public_key is None or isinstance(public_key, Ed25519PublicKey) else (
         load_checkpoint_public_key(public_key)
     )
     report = VerifyReport(path, signatures_checked=key is not None)
+    if checkpoints == "auto":
+        found = default_checkpoints_path(public_key) if isinstance(public_key, str | os.PathLike) else None
+        checkpoints = found if found is not None and found.exists() else None
+    attested_hashes: dict[int, str] = {}
+    if checkpoints is not None:
+        try:
+            attestations = read_attestations(checkpoints, key)
+        except (OSError, CheckpointFileError) as exc:
+            report.problem = Problem(0, None, f"signer checkpoints {checkpoints}: {exc}")
+            return report
+        diverged = _first_divergence(attestations)
+        if diverged is not None:
+            report.problem = Problem(0, diverged.seq, f"the signer saw the trail diverge at seq {diverged.seq} "
+                                     f"on {diverged.body.get('time')} (rewritten, cut or edited); see {checkpoints}")
+            return report
+        attested_hashes = {a.seq: a.hash for a in attestations if a.kind == KIND_ATTEST}
+        report.attestations = len(attested_hashes)
+        report.last_attested_seq = max(attested_hashes, default=0)
     prev: TrailEntry | None = None
     with open(path, "rb") as stream:
         for raw in iter_raw_lines(stream):
@@ -120,9 +159,13 @@ def verify(
             except LineError as exc:
                 report.problem = Problem(raw.number, None, f"unreadable line: {exc}")
                 break
-            reason = _check_entry(entry, raw.data, prev, key)
+            reason = check_entry(entry, raw.data, prev, key)
             if reason is None and anchor is not None and entry.seq == anchor[0] and entry.hash != anchor[1]:
                 reason = f"hash differs from the anchor known for seq {anchor[0]} (rewritten after it was delivered)"
+            attested = attested_hashes.get(entry.seq)
+            if reason is None and attested is not None and entry.hash != attested:
+                reason = (f"hash differs from the one the signer attested for seq {entry.seq} (the trail was "
+                          "rewritten after it was attested)")
             if reason is not None:
                 report.problem = Problem(raw.number, entry.seq, reason)
                 break
@@ -139,9 +182,16 @@ def verify(
         elif anchor is not None and report.last_seq < anchor[0]:
             report.problem = Problem(report.lines + 1, None, f"trail ends at seq {report.last_seq} but seq "
                                      f"{anchor[0]} is known to have existed (the tail was cut)")
+        elif report.last_seq < report.last_attested_seq:
+            report.problem = Problem(report.lines + 1, None, f"trail ends at seq {report.last_seq} but the signer "
+                                     f"attested seq {report.last_attested_seq} (the tail was cut)")
     if report.ok and report.unsigned_tail:
         report.notes.append(
             f"note: {report.unsigned_tail} entries after the last checkpoint are covered by the hash chain only; "
             "their removal cannot be detected from this file alone (compare with the forwarded copy)"
         )
     return report
+
+
+def _first_divergence(attestations: list[Attestation]) -> Attestation | None:
+    return next((a for a in attestations if a.kind != KIND_ATTEST), None)

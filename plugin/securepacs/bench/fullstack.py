@@ -148,12 +148,23 @@ def _merged_config(prepared: deploy.Prepared) -> dict[str, Any]:
     return merged
 
 
-def _public_tls(merged: dict[str, Any], settings: Settings, bench_pki: BenchPki) -> None:
-    """Orthanc's native TLS on the public port again (server certificate, clinic CA), as before the gateway."""
+def _public_tls(merged: dict[str, Any], settings: Settings, bench_pki: BenchPki, prepared: deploy.Prepared) -> None:
+    """Orthanc's native TLS on the public port again (server certificate, clinic CA), as before the gateway.
+
+    The shipped Orthanc never reads the server key (the gateway and nginx do): these configurations get a
+    copy the Orthanc user owns, next to it."""
+    key = bench_pki.pki.server_key_path
+    user = prepared.users.orthanc
+    if user is not None:
+        copy = key.with_name("bench-orthanc.key")
+        copy.write_bytes(key.read_bytes())
+        os.chmod(copy, 0o600)
+        os.chown(copy, user.pw_uid, user.pw_gid)
+        key = copy
     merged.update({
         "DicomPort": settings.dicom_port,
         "DicomTlsCertificate": str(bench_pki.pki.server_cert_path),
-        "DicomTlsPrivateKey": str(bench_pki.pki.server_key_path),
+        "DicomTlsPrivateKey": str(key),
         "DicomTlsTrustedCertificates": str(bench_pki.ca),
     })
 
@@ -177,7 +188,7 @@ def start_audit_off(workdir: Path, bench_pki: BenchPki) -> Running:
     merged = _merged_config(prepared)
     merged["SecurePACS"]["AuditTrail"] = None
     merged["SecurePACS"].pop("AuditCheckpointKey", None)
-    _public_tls(merged, settings, bench_pki)
+    _public_tls(merged, settings, bench_pki, prepared)
     run = _spawn_merged("g", root, workdir, merged, settings, prepared, bench_pki)
     run.auth = _admin_auth(settings)
     wait_rest(run, "/system")
@@ -196,7 +207,7 @@ def start_plugin_off(workdir: Path, bench_pki: BenchPki) -> Running:
     merged = _merged_config(prepared)
     for k in _PLUGIN_KEYS:
         merged.pop(k, None)
-    _public_tls(merged, settings, bench_pki)
+    _public_tls(merged, settings, bench_pki, prepared)
     merged["DicomModalities"] = {BENCH_AET: {"AET": BENCH_AET, "Host": "127.0.0.1", "Port": 104, "UseDicomTls": True}}
     run = _spawn_merged(spec.key, root, workdir, merged, settings, prepared, bench_pki)
     wait_rest(run, "/system")

@@ -22,6 +22,7 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.presentation import PresentationContext
 
 from securepacs.client.errors import ClientError, ConnectionFailed
+from securepacs.client.reactor import install_reactor_gate
 from securepacs.client.tls import TlsConfig, create_context, explain_tls_error
 from securepacs.settings import DEFAULT_AET, SettingsError, validate_aet
 
@@ -122,6 +123,8 @@ def open_association(
     recorder = _NegotiationRecorder()
     handlers = [
         (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+        # pynetdicom's reactor may otherwise take a DIMSE response meant for us (see reactor.py).
+        (evt.EVT_CONN_OPEN, install_reactor_gate),
         (evt.EVT_ACSE_RECV, recorder.on_acse_recv),
         *evt_handlers,
     ]

@@ -1,18 +1,34 @@
-"""``securepacs clinic add|list|revoke``: enrol clinics and hand them their certificate bundle."""
+"""``securepacs clinic add|list|renew|revoke``: enrol clinics and hand them their certificate bundle."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import shlex
+import sys
 
-from securepacs import clinics
+from securepacs import clinic_renewal, clinics, modalities
 from securepacs import settings as settings_mod
 from securepacs.audit import codes
 from securepacs.commands.audit_cmd import record_change
 from securepacs.commands.pki_cmd import guarded, open_store
-from securepacs.pki import ClinicBundle, Pki
+from securepacs.gateway.config import GatewayConfig
+from securepacs.pki import MAX_LEAF_DAYS, ClinicBundle, Pki
 from securepacs.settings import Settings
+from securepacs.store import Store
+
+ENROL_WAIT_SECONDS = 15.0
+EXIT_NOT_CONFIRMED = 1
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds 0-3600 (0: do not wait)")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,13 +40,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("name", metavar="NAME", help="clinic name: letters, digits, '.', '_', '-' (max 64)")
     p.add_argument("--aet", action="append", required=True, metavar="AET",
                    help="an AE title the clinic's devices use; repeatable")
-    p.add_argument("--host", metavar="HOST", help="C-MOVE destination host of the clinic (with --port)")
+    p.add_argument("--host", metavar="HOST",
+                   help="C-MOVE destination host of the clinic (with --port); the bundle's certificate then also "
+                        "serves the clinic's SCP (serverAuth, HOST as DNS/IP name)")
     p.add_argument("--port", type=int, metavar="PORT", help="C-MOVE destination port of the clinic (with --host)")
-    p.add_argument("--days", type=int, default=365, metavar="N", help="certificate lifetime in days (default 365)")
+    p.add_argument("--days", type=int, default=MAX_LEAF_DAYS, metavar="N",
+                   help=f"certificate lifetime in days (default and maximum {MAX_LEAF_DAYS})")
+    p.add_argument("--wait", type=_wait_seconds, default=ENROL_WAIT_SECONDS, metavar="SECONDS",
+                   help="when the archive is running, return only once it accepts the new AE titles, waiting at "
+                        f"most this long (default {ENROL_WAIT_SECONDS:g}, 0 = do not wait; exit status 1 if it did "
+                        "not confirm in time). A stopped archive registers them when it starts: no wait then")
     p.set_defaults(func=guarded(_add))
 
     p = ops.add_parser("list", help="table of clinics, AE titles, status and certificate expiry")
     p.set_defaults(func=guarded(_list))
+
+    p = ops.add_parser("renew", help="issue the clinic a new bundle (new key) for its current AE titles and retrieve "
+                                     "address: before it expires, or for a bundle its SCP cannot present")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--days", type=int, default=MAX_LEAF_DAYS, metavar="N",
+                   help=f"certificate lifetime in days (default and maximum {MAX_LEAF_DAYS})")
+    p.set_defaults(func=guarded(_renew))
 
     p = ops.add_parser("revoke", help="revoke a clinic: unregister its AE titles, list its certificate in the CRL")
     p.add_argument("name", metavar="NAME")
@@ -49,11 +79,12 @@ def _example_host(settings: Settings) -> str:
     return settings.hostnames[0]
 
 
-def _print_bundle(bundle: ClinicBundle, aets: tuple[str, ...], settings: Settings) -> None:
+def _print_bundle(bundle: ClinicBundle, aets: tuple[str, ...], settings: Settings, scp: str | None) -> None:
     q = shlex.quote
+    role = f"client certificate and the certificate of the SCP at {scp}" if scp else "client certificate"
     print(f"Bundle directory: {bundle.directory}")
     print(f"  {bundle.key_path.name:<16} private key (PEM, unencrypted): keep secret")
-    print(f"  {bundle.cert_path.name:<16} client certificate (PEM), serial {bundle.serial}")
+    print(f"  {bundle.cert_path.name:<16} {role} (PEM), serial {bundle.serial}")
     print(f"  {bundle.ca_path.name:<16} SecurePACS CA certificate: trust anchor for the server (PEM)")
     print(f"  {bundle.p12_path.name:<16} key + certificate + CA as PKCS#12, for devices that import one file")
     print(f"  {bundle.p12_pass_path.name:<16} passphrase of {bundle.p12_path.name} (read it from this file; "
@@ -74,13 +105,53 @@ def _add(args: argparse.Namespace) -> int:
     try:
         clinic, bundle = clinics.enrol(store, pki, args.name, args.aet, args.host, args.port, args.days,
                                        reserved_aets=(settings.aet,))
+        generation = store.generation()
+        record_change(codes.SECURITY_CONFIGURATION, f"clinic enrolled with AE title(s) {', '.join(clinic.aets)}",
+                      f"clinic:{clinic.name}")
+        print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
+        scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
+        _print_bundle(bundle, clinic.aets, settings, scp)
+        return _await_registration(store, generation, clinic.aets, getattr(args, "wait", ENROL_WAIT_SECONDS))
     finally:
         store.close()
-    record_change(codes.SECURITY_CONFIGURATION, f"clinic enrolled with AE title(s) {', '.join(clinic.aets)}",
+
+
+def _renew(args: argparse.Namespace) -> int:
+    settings = settings_mod.from_env()
+    pki = Pki(settings.certs_dir)
+    store = open_store(settings.store_path)
+    try:
+        clinic, bundle, superseded = clinic_renewal.renew(store, pki, args.name, args.days)
+    finally:
+        store.close()
+    record_change(codes.SECURITY_CONFIGURATION, f"clinic certificate renewed (serial {bundle.serial})",
                   f"clinic:{clinic.name}")
-    print(f"Enrolled clinic {clinic.name!r} with AE title(s) {', '.join(clinic.aets)}")
-    _print_bundle(bundle, clinic.aets, settings)
+    print(f"Renewed the certificate of clinic {clinic.name!r} (AE title(s) {', '.join(clinic.aets)})")
+    if superseded is not None:
+        print(f"Previous bundle moved to {superseded}; its certificate stays valid until it expires "
+              "(`securepacs clinic revoke` revokes all of the clinic's certificates).")
+    scp = f"{clinic.move_host}:{clinic.move_port}" if clinic.move_host else None
+    _print_bundle(bundle, clinic.aets, settings, scp)
     return 0
+
+
+def _await_registration(store: Store, generation: int, aets: tuple[str, ...], wait: float) -> int:
+    """Return only when the clinic can associate: the plugin has pushed this enrolment into Orthanc's
+    modalities, and the gateway (which re-reads the store at most every refresh interval) has seen it."""
+    names = ", ".join(aets)
+    if wait <= 0:
+        print(f"Not waiting for the archive (--wait 0): AE title(s) {names} are accepted within seconds.")
+        return 0
+    result = modalities.await_registration(store, generation, wait, settle=GatewayConfig.refresh_interval + 0.2)
+    if result.state == modalities.APPLIED:
+        print(f"The running archive accepts AE title(s) {names} now.")
+        return 0
+    if result.state == modalities.NOT_RUNNING:
+        print(f"The archive is not running: it registers AE title(s) {names} when it starts.")
+        return 0
+    print(f"securepacs: warning: clinic enrolled, but the running archive did not confirm AE title(s) {names} "
+          f"within {result.waited:.0f} s: check its log for 'modality sync failed'", file=sys.stderr)
+    return EXIT_NOT_CONFIRMED
 
 
 def _list(args: argparse.Namespace) -> int:

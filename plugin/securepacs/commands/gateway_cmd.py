@@ -1,7 +1,8 @@
 """``securepacs gateway``: the DICOM TLS front door (clinics -> gateway -> Orthanc's internal port).
 
-C-GET inspection (``securepacs.gateway.dimse``) is on unless ``--no-cget-check``: behind the gateway
-Orthanc allows C-GET for clinic AE titles, so every C-GET must be checked against the clinic's studies.
+C-GET inspection (``securepacs.gateway.dimse``) is always on, with no switch to turn it off: behind the
+gateway Orthanc allows C-GET for clinic AE titles, so every C-GET must be checked against the clinic's
+studies. (A benchmark that wants to measure the bare relay builds its own ``Gateway`` in bench code.)
 """
 
 from __future__ import annotations
@@ -74,9 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--rate-burst", type=positive_int, default=40, metavar="N", help="(default 40)")
     limits.add_argument("--shutdown-grace", type=positive_seconds, default=30.0, metavar="SECONDS",
                         help="on SIGTERM, how long running associations may finish (default 30)")
-    p.add_argument("--no-cget-check", dest="cget_check", action="store_false",
-                   help="benchmarks only: relay C-GET requests unchecked (behind the gateway Orthanc allows "
-                        "C-GET for clinics, so any clinic could then retrieve any study)")
     p.set_defaults(func=run)
 
 
@@ -156,12 +154,10 @@ def run(args: argparse.Namespace) -> int:
         s = settings.from_env()
         config = build_config(s, args)
         events = EventLog(config.events_path, open_audit(s))
-        factory = cget_inspection(s, events) if getattr(args, "cget_check", True) else None
+        factory = cget_inspection(s, events)
     except (settings.SettingsError, GatewayError) as exc:
         print(f"securepacs: error: {exc}", file=sys.stderr)
         return 2
-    if factory is None:
-        logger.warning("C-GET requests are relayed unchecked (--no-cget-check): for benchmarks only")
     status = run_gateway(config, factory, ready=_announce, events=events)
     if status == 2:
         print("securepacs: error: the gateway could not start (see the log above)", file=sys.stderr)

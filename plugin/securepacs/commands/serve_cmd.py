@@ -13,7 +13,7 @@ from securepacs.pki import PkiError
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="run the archive (Orthanc + plugin, DICOM gateway, nginx) in the foreground until Ctrl-C",
+        help="run the archive (audit signer, Orthanc + plugin, DICOM gateway, nginx) in the foreground until Ctrl-C",
         description="Creates the development PKI and the first admin on first start, writes the Orthanc and "
         "nginx configuration for the data dir, then runs both until Ctrl-C. Settings come from "
         "SECUREPACS_DATA, SECUREPACS_CERTS, SECUREPACS_DICOM_PORT, SECUREPACS_HTTPS_PORT, "
@@ -50,7 +50,11 @@ def check_health(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         s = settings.from_env()
-        prepared = deploy.prepare(s, with_nginx=args.only in (None, "nginx") and not args.prepare_only)
+        if args.only and not args.prepare_only:
+            # A compose service: init prepared everything as root; this one runs with only its own mounts.
+            prepared = deploy.attach(s, args.only)
+        else:
+            prepared = deploy.prepare(s, with_nginx=not args.prepare_only)
         if args.prepare_only:
             print(f"prepared {s.data_dir} (configuration in {prepared.config_dir})")
             if prepared.admin_created:
@@ -62,5 +66,8 @@ def run(args: argparse.Namespace) -> int:
     except (settings.SettingsError, deploy.DeployError, launcher.LaunchError, PkiError, OSError) as exc:
         print(f"securepacs: error: {exc}", file=sys.stderr)
         return 2
+    if components == ("signer",):
+        print(f"audit signer attesting {s.audit_trail_path}", flush=True)
+        return archive.wait()
     print(launcher.banner(prepared, health), flush=True)
     return archive.wait()

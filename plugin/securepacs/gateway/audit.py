@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # Connections that never presented a certificate (port probes, the launcher's readiness check): the
 # gateway's event file keeps them; the trail records who tried to authenticate.
 UNRECORDED_REASONS = frozenset({"closed-before-tls", "closed-during-tls-handshake"})
+# Inspector events that are not refusals (the event file keeps them; the trail has the plugin's record).
+ALLOWED_KINDS = frozenset({"cget-allowed"})
 
 
 class GatewayAudit:
@@ -54,6 +56,8 @@ class GatewayAudit:
 
     def security(self, kind: str, details: dict[str, Any]) -> None:
         """A refusal inside an association (e.g. a C-GET of another clinic's data)."""
+        if kind in ALLOWED_KINDS:
+            return  # not a refusal: the archive's ownership endpoint records the retrieve itself
         peer = ActiveParticipant(str(details.get("calling_aet") or details.get("clinic") or "unknown-peer"),
                                  ae_title=details.get("calling_aet"), clinic=details.get("clinic"))
         subjects = [events.study(uid) for uid in details.get("study_uids", []) if isinstance(uid, str) and uid]

@@ -58,7 +58,8 @@ from securepacs.gateway.relay import Action  # the relay's contract; re-exported
 
 log = logging.getLogger(__name__)
 
-Authorize = Callable[[str, str, dict[str, list[str]]], Awaitable[bool]]
+# (clinic, level, keys, calling AE title) -> allowed; the AE title is for the archive's retrieve record.
+Authorize = Callable[[str, str, dict[str, list[str]], str], Awaitable[bool]]
 OnEvent = Callable[[str, dict[str, Any]], None]
 
 MAX_COMMAND_BYTES = 64 * 1024  # real command sets are a few hundred bytes
@@ -133,6 +134,7 @@ class CGetInspector:
         if rq.pdu_type != A_ASSOCIATE_RQ:
             raise PduError(f"{pdu_name(rq.pdu_type)}: expected the A-ASSOCIATE-RQ")
         self._clinic = clinic
+        self._calling_aet = rq.calling_aet
         self._authorize = authorize
         self._on_event = on_event
         self._timeout = authorize_timeout
@@ -294,7 +296,8 @@ class CGetInspector:
         except Unverifiable as exc:
             return exc.status, exc.reason, None
         try:
-            allowed = await asyncio.wait_for(self._authorize(self._clinic, query.level, query.keys), self._timeout)
+            allowed = await asyncio.wait_for(self._authorize(self._clinic, query.level, query.keys,
+                                                                self._calling_aet), self._timeout)
         except Exception as exc:  # fail closed; the type only, a message could quote the request
             log.warning("ownership check for clinic %r failed: %s", self._clinic, type(exc).__name__)
             return dicom_status.UNABLE_TO_PROCESS, "the ownership check failed", query

@@ -21,6 +21,7 @@ Refusals answer with an A-ASSOCIATE-RJ (PS3.8 Table 9-21):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import threading
@@ -31,11 +32,13 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securepacs.gateway import pdu
 from securepacs.gateway.config import GatewayError
+from securepacs.gateway.store_view import ReadOnlyStore
 from securepacs.pki import clinic_identity
-from securepacs.store import Clinic, Store
+from securepacs.store import Clinic
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +172,33 @@ def check_destination(peer: PeerIdentity, clinic: Clinic, host: str, cert: x509.
                       trust: TrustSnapshot) -> str | None:
     """Why the SCP we dialled for ``clinic`` is not acceptable, or None.
 
-    Its certificate (already verified against the clinic CA) must not be revoked, must not belong to a
-    different clinic, and must either name this clinic (SAN URI) or name the host we dialled (SAN DNS/IP):
-    without that, any clinic's certificate could answer for any other clinic's address.
+    Its certificate (already verified against the clinic CA by OpenSSL, which also refuses one without the
+    serverAuth usage) must not be revoked, must be meant for a TLS server (serverAuth, checked here too so
+    the rule does not depend on OpenSSL's purpose defaults), must not name a different clinic, and must name
+    the host we dialled (SAN DNS/IP; ``clinic add --host`` puts it in the clinic's bundle). A certificate
+    naming this clinic is then the clinic's own bundle; one naming no clinic was issued by our CA for that
+    host (a separate SCP certificate). Without the host check a bundle stolen from one site of a clinic
+    would answer for any address; without the clinic check any clinic's bundle could answer for another
+    clinic sharing its host (one NAT address, one server).
     """
     revoked = trust.revocation(peer.clinic, peer.serial)
     if revoked:
         return f"destination-{revoked}"
-    if peer.clinic is not None:
-        return None if peer.clinic == clinic.name else "destination-certificate-of-another-clinic"
-    if _names_host(cert, host):
-        return None
-    return "destination-certificate-does-not-name-host"
+    if not _serves_tls(cert):
+        return "destination-certificate-not-for-servers"
+    if peer.clinic is not None and peer.clinic != clinic.name:
+        return "destination-certificate-of-another-clinic"
+    if not _names_host(cert, host):
+        return "destination-certificate-does-not-name-host"
+    return None
+
+
+def _serves_tls(cert: x509.Certificate) -> bool:
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True  # RFC 5280: no EKU extension means any usage (OpenSSL agrees)
+    return ExtendedKeyUsageOID.SERVER_AUTH in usages
 
 
 def _names_host(cert: x509.Certificate, host: str) -> bool:
@@ -188,9 +206,13 @@ def _names_host(cert: x509.Certificate, host: str) -> bool:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return False
-    if host.lower() in (name.lower() for name in san.get_values_for_type(x509.DNSName)):
+    if host.lower().rstrip(".") in (name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)):
         return True
-    return host in (str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address in san.get_values_for_type(x509.IPAddress)
 
 
 class TrustState:
@@ -200,7 +222,7 @@ class TrustState:
         if not store_path.is_file():
             raise GatewayError(f"store {store_path} does not exist: prepare the archive first "
                                "(securepacs serve --prepare-only)")
-        self.store = Store(store_path)
+        self.store = ReadOnlyStore(store_path)  # the gateway never changes enrolment
         self.crl_path = crl_path
         self.ca_path = ca_path
         self.refresh_interval = refresh_interval

@@ -3,11 +3,17 @@
 The plugin knows who owns what (``securepacs.tenancy``); the gateway only knows the clinic on the wire.
 So for each C-GET the gateway calls the plugin over loopback HTTP:
 
-    POST /securepacs/internal/ownership          (HTTP Basic: the ``gateway`` service account)
+    POST /securepacs/internal/ownership          (HTTP Basic: the gateway's service account, svc-gateway-...)
     Content-Type: application/json
     {"clinic": "north", "level": "STUDY",
      "keys": {"StudyInstanceUID": ["1.2.3", ...], "SeriesInstanceUID": [...], "SOPInstanceUID": [...],
               "PatientID": [...]}}
+
+The request goes straight to Orthanc's loopback HTTP port and carries no proxy headers: the plugin accepts
+the service account, and this route, only on such internal requests (never through nginx).
+
+The header ``X-SecurePACS-Calling-AET`` carries the association's calling AE title (already bound to the
+clinic's certificate by the gateway) so the archive's retrieve record names the device, not only the clinic.
 
 ``level`` is PATIENT, STUDY, SERIES or IMAGE; ``keys`` holds only the keys present in the identifier, each
 a non-empty list (PatientID only at PATIENT level). The answer is ``200`` with
@@ -28,6 +34,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,8 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024  # the answer is a two-field object
 # A JSON list of UIDs is at most ~70 bytes per UID; the inspector bounds a request to 10,000 keys.
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
+CALLING_AET_HEADER = "X-SecurePACS-Calling-AET"  # read by securepacs.app (ownership)
+_AET = re.compile(r"[ -\[\]-~]{1,16}")  # PS3.5 6.2: at most 16 printable ASCII characters, no backslash
 
 
 class OwnershipError(Exception):
@@ -51,13 +60,15 @@ class OwnershipClient:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._authorization = f"Basic {token}"
 
-    async def authorize(self, clinic: str, level: str, keys: dict[str, list[str]]) -> bool:
+    async def authorize(self, clinic: str, level: str, keys: dict[str, list[str]], calling_aet: str = "") -> bool:
         """True only if the plugin answered that every key belongs to ``clinic``; False on any error."""
         body = json.dumps({"clinic": clinic, "level": level, "keys": keys}, separators=(",", ":")).encode()
+        # Anything that is not an AE title is not sent (it goes into an HTTP header).
+        aet = calling_aet.strip() if _AET.fullmatch(calling_aet) else ""
         try:
             if len(body) > MAX_REQUEST_BYTES:
                 raise OwnershipError(f"request of {len(body)} bytes exceeds {MAX_REQUEST_BYTES}")
-            status, answer = await asyncio.wait_for(self._post(body), self._timeout)
+            status, answer = await asyncio.wait_for(self._post(body, aet), self._timeout)
             allowed, reason = _verdict(status, answer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OwnershipError,
                 ValueError) as exc:
@@ -68,7 +79,7 @@ class OwnershipClient:
             log.info("ownership check for clinic %r at %s level: refused (%s)", clinic, level, reason)
         return allowed
 
-    async def _post(self, body: bytes) -> tuple[int, bytes]:
+    async def _post(self, body: bytes, calling_aet: str = "") -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(self._host, self._port)
         try:
             head = (
@@ -78,7 +89,8 @@ class OwnershipClient:
                 "Content-Type: application/json\r\n"
                 "Accept: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
+                + (f"{CALLING_AET_HEADER}: {calling_aet}\r\n" if calling_aet else "")
+                + "Connection: close\r\n\r\n"
             )
             writer.write(head.encode("ascii") + body)
             await writer.drain()

@@ -2,11 +2,15 @@
 
 Public side policy (issue 6): TLS 1.2 with ECDHE key exchange and AEAD ciphers only (AES-GCM, ChaCha20),
 or TLS 1.3 (all of whose suites are AEAD); TLS 1.0/1.1, RSA key transport, CBC and SHA-1 MACs refused.
+Key exchange groups (issue 12): X25519, P-256 and P-384 only, as Mozilla's intermediate profile says
+(OpenSSL 3 also offers X448 and P-521 by default).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import ssl
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from securepacs.gateway.config import GatewayError
 # OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are configured separately and are all AEAD).
 # "ECDHE+AESGCM" covers ECDHE-RSA and ECDHE-ECDSA with AES-128/256-GCM; likewise for ChaCha20-Poly1305.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+TLS_GROUPS = "X25519:P-256:P-384"
+_SSL_CTRL_SET_GROUPS_LIST = 92  # openssl/ssl.h; SSL_CTX_set1_groups_list() is a macro over SSL_CTX_ctrl()
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: Path, key: Path, what: str) -> None:
@@ -42,6 +48,44 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    set_groups(ctx, TLS_GROUPS)
+
+
+@functools.cache
+def _libssl() -> tuple[Any, Any]:
+    """SSL_CTX_ctrl and SSL_CTX_get_options of the OpenSSL that Python's ``ssl`` module is linked to."""
+    import _ssl
+
+    # dlsym() on the _ssl extension finds the symbols of the libssl it was linked against (not some other
+    # OpenSSL in the process, e.g. cryptography's); a built-in _ssl has no __file__: look in the interpreter.
+    lib = ctypes.CDLL(getattr(_ssl, "__file__", None))
+    ctrl, get_options = lib.SSL_CTX_ctrl, lib.SSL_CTX_get_options
+    ctrl.argtypes, ctrl.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p], ctypes.c_long
+    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
+    return ctrl, get_options
+
+
+def set_groups(ctx: ssl.SSLContext, groups: str) -> None:
+    """Restrict the context's key exchange groups (TLS 1.2 ECDHE curves and TLS 1.3 key shares).
+
+    Python 3.11's ``ssl`` offers only ``set_ecdh_curve`` (one curve). An ``OPENSSL_CONF`` ``Groups`` line would
+    depend on the environment the gateway happens to be started with; this sets the list on each context
+    itself. CPython's SSLContext object (``PySSLContext`` in Modules/_ssl.c) holds its ``SSL_CTX *`` right
+    after the object header; the pointer is cross-checked against the options Python reports for the
+    context before it is used, and any failure stops the gateway instead of serving the wider default
+    list. tests/unit/test_gateway_tls.py proves the effect with real handshakes.
+    """
+    try:
+        ctrl, get_options = _libssl()
+    except (OSError, AttributeError) as exc:
+        raise GatewayError(f"cannot restrict TLS groups to {groups!r}: OpenSSL's SSL_CTX_ctrl is not "
+                           f"reachable from Python's ssl module ({exc})") from None
+    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not pointer or get_options(pointer) != int(ctx.options):
+        raise GatewayError(f"cannot restrict TLS groups to {groups!r}: this Python's SSLContext layout is not "
+                           "the one expected (SSL_CTX pointer after the object header)")
+    if ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+        raise GatewayError(f"OpenSSL refused the TLS group list {groups!r}")
 
 
 def server_context(cert: Path, key: Path, ca: Path, what: str) -> ssl.SSLContext:
