@@ -22,7 +22,8 @@ say() { printf '[install] %s\n' "$*"; }
 
 PACKAGES=(orthanc orthanc-python orthanc-dicomweb nginx python3 python3-venv ca-certificates openssl dcmtk)
 # rsyslog + its TLS driver: the real collector the audit forwarding test sends to.
-[ "$WITH_TESTS" = 1 ] && PACKAGES+=(procps rsyslog rsyslog-gnutls)
+# chromium: Debian's browser, driven headless by Playwright in the web app tests (never `playwright install`).
+[ "$WITH_TESTS" = 1 ] && PACKAGES+=(procps rsyslog rsyslog-gnutls chromium)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -127,7 +127,10 @@ class AccountApi:
             raise AccountError("no session to end: expected a session token (Bearer or cookie); HTTP Basic "
                                "credentials have no session")
         self._accounts.logout(token, req.client_ip)
-        return Response.json({"logged_out": True}, headers={"Set-Cookie": _CLEAR_COOKIE})
+        # The browser drops what it cached of this session (the viewer's rendered images are private,
+        # cacheable PHI) and its cookie; Clear-Site-Data is honoured over HTTPS only, which is all we serve.
+        return Response.json({"logged_out": True},
+                             headers={"Set-Cookie": _CLEAR_COOKIE, "Clear-Site-Data": '"cache", "cookies"'})
 
     def me(self, req: Request, principal: Principal | None) -> Response:
         assert principal is not None  # checked by _endpoint

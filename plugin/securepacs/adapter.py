@@ -235,6 +235,8 @@ def register_route(pattern: str, handler: Callable[[Request], Response]) -> None
             output.SendUnauthorized("SecurePACS")
         elif resp.status == 405:
             output.SendMethodNotAllowed(resp.headers.get("Allow", "GET"))
+        elif resp.status == 303:  # the web app's redirects (Location set above): SendHttpStatus allows 303
+            output.SendHttpStatus(303, "", 0)
         elif resp.status == 301:  # Orthanc's Redirect always sends 301
             output.Redirect(resp.headers.get("Location", "/"))
         else:

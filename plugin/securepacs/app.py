@@ -42,6 +42,7 @@ from securepacs.studies import StudyList
 from securepacs.subjects import StudyRef, Subjects, patient_ids
 from securepacs.tenancy import Tenancy
 from securepacs.web import Request, Response
+from securepacs.webapp.service import WebApp
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class SecurePacsApp:
         self.studies = StudyList(self.queries)
         self._orthanc_system = orthanc_system
         self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
+        self.webapp = WebApp(rest, self.audit)  # type: ignore[arg-type]  # adapter.RestApi also reads bytes
 
     def _instance_study_uid(self, sop_uid: str) -> str | None:
         ref = self.subjects.of_instance_uid(sop_uid)
@@ -225,7 +227,8 @@ class SecurePacsApp:
         tools = [(pattern, "admin", handler)
                  for pattern, handler in OrthancTools(self._rest, self.subjects, self.audit).routes()]
         return [(pattern, self.bind(handler, access))
-                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store), *tools]]
+                for pattern, access, handler in [*own, *account_api.routes(self.accounts, self.store), *tools,
+                                                 *self.webapp.routes()]]
 
     def bind(self, handler: AnyHandler, access: str = "authenticated") -> Callable[[Request], Response]:
         """Give a route handler the request's principal and client address. Authenticated again here:
@@ -243,7 +246,8 @@ class SecurePacsApp:
             # request must not count towards the account's lockout.
             principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip,
                                                                                 internal=origin.internal)
-            if principal is None and access != "anonymous":
+            # "page" handlers answer a caller without a session themselves (a redirect to the login page).
+            if principal is None and access not in ("anonymous", "page"):
                 return Response.error(403, "authentication required")
             return handler(req, principal)
 

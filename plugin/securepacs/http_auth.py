@@ -26,6 +26,7 @@ from typing import Protocol
 from securepacs.accounts import Accounts
 from securepacs.identity import Principal
 from securepacs.plugin_config import PROXY_SECRET_HEADER
+from securepacs.webapp import urls as webapp_urls
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class HttpAuthenticator:
         self._policy = policy
         self._proxies = frozenset(trusted_proxies)
         self._ip_header = client_ip_header.lower()
+        self._anonymous = ANONYMOUS | webapp_urls.anonymous()  # + the login page and its assets (exact paths)
         # None (no secret configured): nothing counts as through nginx, and nothing as internal either,
         # so service accounts are refused everywhere (fail closed).
         self._secret = proxy_secret.encode() if proxy_secret else None
@@ -117,9 +119,12 @@ class HttpAuthenticator:
             return Decision(False, None, ip, FORGED)
         if INTERNAL_ROUTE.fullmatch(uri) and not origin.internal:
             return Decision(False, None, ip, NOT_INTERNAL)
-        if (method, uri) in ANONYMOUS:
+        if (method, uri) in self._anonymous:
             return Decision(True, None, ip, "anonymous endpoint")
         result = self._accounts.authenticate(method, headers, ip, internal=origin.internal)
+        if result.principal is None and method == "GET" and webapp_urls.LOGIN_REDIRECTS.fullmatch(uri):
+            # The page's handler sees no session either and answers only a redirect to the login page.
+            return Decision(True, result.username, ip, "page without a session: redirected to the login page")
         if result.principal is None:
             return Decision(False, result.username, ip, result.reason)
         verdict = self._policy(result.principal, method, uri, get or {})

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from securepacs.identity import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal
 from securepacs.tenancy import ORTHANC_ID_PATTERN, Tenancy
+from securepacs.webapp import urls as webapp_urls
 
 _ID = ORTHANC_ID_PATTERN
 _UID = r"[0-9.]{1,64}"  # a DICOM UID
@@ -66,6 +67,8 @@ class HttpPolicy:
             return Verdict(False, "the gateway account may only ask for ownership decisions")
         if _SELF_SERVICE.fullmatch(uri):
             return Verdict(True, "own account")
+        if method == "GET" and webapp_urls.SHELLS.fullmatch(uri):
+            return Verdict(True, "web app page shell (no patient data)")
         if principal.role == AUDITOR:
             if method == "GET" and uri == AUDIT_URI:
                 return Verdict(True, "auditor reads the audit trail")
@@ -83,7 +86,7 @@ class HttpPolicy:
     def _decide_read(self, principal: Principal, uri: str, get: Mapping[str, str]) -> Verdict:
         if _PLUGIN_READS.fullmatch(uri):
             return Verdict(True, "tenant-filtered search")
-        for level, pattern in _ORTHANC_READS:
+        for level, pattern in (*_ORTHANC_READS, *webapp_urls.TENANT_READS):
             match = pattern.fullmatch(uri)
             if match:
                 if self._tenancy.owns_resource(principal, level, match.group(1)):

@@ -112,12 +112,26 @@ def test_anonymous_endpoints_only_for_their_method(auth: HttpAuthenticator, meth
 
 @pytest.mark.parametrize("uri", ["/securepacs/health/", "/securepacs/healthz", "/securepacs/health/../../system",
                                  "/SECUREPACS/HEALTH", "/securepacs/login/", "/securepacs/logout",
-                                 "/securepacs/api/me", "/system", "/", "/app/explorer.html"])
+                                 "/securepacs/api/me", "/system", "/app/explorer.html", "/assets/view.html",
+                                 "/assets/../system", "/view/x", "/view/", "/listing"])
 def test_only_the_exact_uris_are_anonymous(auth: HttpAuthenticator, uri: str) -> None:
     for method in ("GET", "POST"):
         decision = auth.authorize(uri, method, PROXY, {})
         assert not decision.allowed
         assert decision.reason == "no valid credentials"
+
+
+@pytest.mark.parametrize("uri", ["/", "/list", "/view/0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d",
+                                 "/study/0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"])
+def test_web_pages_without_a_session_reach_their_login_redirect(auth: HttpAuthenticator, uri: str) -> None:
+    # The page handler answers such a caller with a redirect to the login page and nothing else.
+    assert auth.authorize(uri, "GET", PROXY, {}).allowed
+    assert not auth.authorize(uri, "POST", PROXY, {}).allowed
+
+
+@pytest.mark.parametrize("uri", ["/login", "/assets/view.js", "/assets/app.css"])
+def test_login_page_and_assets_are_anonymous(auth: HttpAuthenticator, uri: str) -> None:
+    assert auth.authorize(uri, "GET", PROXY, {}).reason == "anonymous endpoint"
 
 
 # -- credentials and policy ------------------------------------------------------------------------------
