@@ -94,12 +94,17 @@ def write_ct(folder: Path, *, slices: int, size: int, patient_id: str, patient_n
 
 def add_user(archive: Any, folder: Path, name: str, role: str, clinic: str | None) -> tuple[str, str]:
     password = "Wb-" + secrets.token_urlsafe(18)
-    pw_file = folder / f"{name}.pw"
+    # Inside the data dir: the compose stack's CLI runs in the init container, which sees only its volumes.
+    pw_file = archive.data_dir / f".{name}.pw"
     pw_file.write_text(password + "\n")
-    args = ["user", "add", name, "--role", role, "--password-file", str(pw_file)]
+    container_path = pw_file if archive.kind == "native" else Path("/var/lib/securepacs") / pw_file.name
+    args = ["user", "add", name, "--role", role, "--password-file", str(container_path)]
     if clinic:
         args += ["--clinic", clinic]
-    archive.cli(*args)
+    try:
+        archive.cli(*args)
+    finally:
+        pw_file.unlink()
     return name, password
 
 
