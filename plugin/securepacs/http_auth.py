@@ -122,8 +122,11 @@ class HttpAuthenticator:
         if (method, uri) in self._anonymous:
             return Decision(True, None, ip, "anonymous endpoint")
         result = self._accounts.authenticate(method, headers, ip, internal=origin.internal)
-        if result.principal is None and method == "GET" and webapp_urls.LOGIN_REDIRECTS.fullmatch(uri):
-            # The page's handler sees no session either and answers only a redirect to the login page.
+        if (result.principal is None and method == "GET" and not headers.get("authorization")
+                and webapp_urls.LOGIN_REDIRECTS.fullmatch(uri)):
+            # The page's handler sees no session either and answers only a redirect to the login page. Not
+            # with an Authorization header: a wrong password there is refused here, so that the handler's
+            # second check does not count it against the lockout and throttle a second time.
             return Decision(True, result.username, ip, "page without a session: redirected to the login page")
         if result.principal is None:
             return Decision(False, result.username, ip, result.reason)
