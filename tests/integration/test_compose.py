@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
 from securepacs import synth
-from securepacs.client import find, store
+from securepacs.client import echo, find, store
+from securepacs.client.errors import ConnectionFailed
 
 pytestmark = pytest.mark.compose
 
@@ -69,6 +71,16 @@ def test_data_survives_down_and_up(compose_archive, tmp_path):
     assert store(arc.conn(clinic), synth.write_study(spec, tmp_path)).ok
     arc.restart()  # docker compose down + up: containers replaced, volumes kept
     arc.wait_modalities(present=("PERSIST",))
+    # The gateway container starts after the archive's health answers: wait until it accepts associations.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if echo(arc.conn(clinic)) == 0:
+                break
+        except ConnectionFailed:
+            pass
+        assert time.monotonic() < deadline, "the gateway did not accept associations within 60 s of up"
+        time.sleep(0.5)
     found = list(
         find(arc.conn(clinic), "STUDY", {"StudyInstanceUID": spec.study_uid, "NumberOfStudyRelatedInstances": ""})
     )
