@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
-from pynetdicom import AE
+from _netns import second_host
 
 from securepacs.audit import iter_entries
-from securepacs.synth import CT_IMAGE_STORAGE, StudySpec, instance
+from securepacs.synth import StudySpec, instance
 
 # PKCS#8 PEM header, spelled in two parts so that no tracked file looks like it holds a key.
 PEM_KEY_HEADER = "-----BEGIN " + "PRIVATE KEY-----"
@@ -110,13 +111,6 @@ def test_the_signer_attests_the_trail(compose_archive):
     assert "signer attestations" in res.stdout, res.stdout
 
 
-def _host_address() -> str:
-    """This host's address on its default route (not loopback): how a client on the network reaches us."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("192.0.2.123", 9))  # no packet is sent: this only picks the source address
-        return probe.getsockname()[0]
-
-
 def _bridge_gateway(arc) -> str:
     networks = _inspect(_container(arc, "archive"))["NetworkSettings"]["Networks"]
     return next(iter(networks.values()))["Gateway"]
@@ -131,32 +125,32 @@ def _peer_addresses(arc, aet: str, after: int) -> list[str]:
     return out
 
 
-def _store_one(arc, clinic, host: str, seed: str) -> None:
-    conn = arc.conn(clinic)
-    ae = AE(ae_title=clinic.aets[0])
-    ae.add_requested_context(CT_IMAGE_STORAGE)
-    # The certificate names 127.0.0.1: verify it as that name whatever address we dial.
-    assoc = ae.associate(host, arc.dicom_port, ae_title=arc.aet, tls_args=(conn.ssl_context(), "127.0.0.1"))
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(instance(StudySpec(seed=seed, slices=1, rows=8, columns=8), 0))
-        assert status.Status == 0x0000
-    finally:
-        assoc.release()
+def _store_from(ns: str, arc, clinic, host: str, path) -> None:
+    """C-STORE ``path`` with the real client CLI from inside network namespace ``ns``."""
+    tls = arc.conn(clinic).tls
+    # The certificate names 127.0.0.1, not the address dialled from the other host.
+    cmd = ["ip", "netns", "exec", ns, str(Path(sys.executable).parent / "securepacs"), "client", "store",
+           "-aet", clinic.aets[0], "-aec", arc.aet, "--cert", str(tls.cert), "--key", str(tls.key),
+           "--ca", str(tls.ca), "--no-hostname-check", "--no-progress", host, str(arc.dicom_port), str(path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, f"store from {ns} failed: {res.stdout[-1000:]} {res.stderr[-2000:]}"
 
 
-def test_audit_records_carry_the_real_client_address(compose_archive):
+def test_audit_records_carry_the_real_client_address(compose_archive, tmp_path):
+    """A client on another host (a network namespace over a veth link) keeps its address through Docker's
+    DNAT. (Clients on the archive's own host are masqueraded to the bridge's address by Docker's hairpin
+    rule, so only a real second host shows this.)"""
     arc = compose_archive
     clinic = arc.enrol("peerclinic", "PEERCT")
     arc.wait_modalities(present=("PEERCT",))
-    host = _host_address()
-    assert host != "127.0.0.1"
+    path = tmp_path / "one.dcm"
+    instance(StudySpec(seed="compose-peer", slices=1, rows=8, columns=8), 0).save_as(path, enforce_file_format=True)
     before = max(e.seq for e in iter_entries(arc.data_dir / "audit" / "trail.jsonl"))
-    _store_one(arc, clinic, host, "compose-peer")
+    with second_host() as (ns, host_ip, ns_ip):
+        _store_from(ns, arc, clinic, host_ip, path)
     deadline = time.monotonic() + 20
     while not _peer_addresses(arc, "PEERCT", before):
         assert time.monotonic() < deadline, "no User Authentication record for the association"
         time.sleep(0.5)
-    # A client on the network keeps its address (Docker's DNAT), and it is not the bridge's.
-    assert _peer_addresses(arc, "PEERCT", before) == [host]
-    assert host != _bridge_gateway(arc)
+    assert _peer_addresses(arc, "PEERCT", before) == [ns_ip]
+    assert ns_ip != _bridge_gateway(arc)

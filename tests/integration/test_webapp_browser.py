@@ -120,10 +120,12 @@ def login(page: Any, world: World, user: tuple[str, str], start: str = "/") -> N
 
 
 def wait_shown(page: Any, previous: str | None = None) -> str:
-    """The src of the image now painted (waits until it differs from ``previous``)."""
+    """The src of the image now painted for the slice asked for (waits until it differs from ``previous``;
+    a neighbour painted on the way while scrolling does not count)."""
     try:
         page.wait_for_function(
-            "prev => { const v = document.getElementById('viewport').dataset.shown; return v && v !== prev; }",
+            "prev => { const d = document.getElementById('viewport').dataset; "
+            "return d.shown && d.shown !== prev && d.painted === d.slice; }",
             arg=previous)
     except playwright_api.TimeoutError:
         state = page.evaluate("() => [document.getElementById('ov-slice')?.textContent, "

@@ -85,7 +85,10 @@ function paint(index, img) {
 function paintIfCloser(index, img) {
   // While scrolling faster than the link delivers, show each slice that arrives on the way to the one
   // asked for instead of freezing until that one is there.
+  // Before the first paint nothing is shown: wait for the slice asked for, so the first image and the
+  // slice number beside it always agree.
   const painted = Number(viewport.dataset.painted ?? -1);
+  if (painted < 0) return;
   const sameWindow = img.src.endsWith(url(index).slice(url(index).indexOf("?")));
   if (sameWindow && wanted !== img.src && Math.abs(state.slice - index) < Math.abs(state.slice - painted)) {
     paint(index, img);
