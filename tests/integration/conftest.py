@@ -318,7 +318,7 @@ def make_compose_archive(prefix: str) -> ComposeArchive:
         **native.env,
         "COMPOSE_PROJECT_NAME": native.root.name.replace("-", "").replace("_", "").lower(),
         "SECUREPACS_IMAGE": os.environ.get("SECUREPACS_TEST_IMAGE", "securepacs:test"),
-        "BASE_IMAGE": os.environ.get("BASE_IMAGE", "securepacs-base:bookworm"),
+        "BASE_IMAGE": os.environ.get("BASE_IMAGE", "securepacs-base:forky"),
         "SECUREPACS_DATA_VOLUME": str(native.root / "data"),
         "SECUREPACS_CERTS_VOLUME": str(native.root / "certs"),
         "SECUREPACS_GATEWAY_VOLUME": str(native.root / "data" / "gateway"),
@@ -336,7 +336,7 @@ def compose_image() -> str:
             pytest.fail("no Docker engine: scripts/test must start one in CI (scripts/docker-engine)")
         pytest.skip("no Docker engine running (scripts/docker-engine starts one)")
     image = os.environ.get("SECUREPACS_TEST_IMAGE", "securepacs:test")
-    base = os.environ.get("BASE_IMAGE", "securepacs-base:bookworm")
+    base = os.environ.get("BASE_IMAGE", "securepacs-base:forky")
     res = subprocess.run(
         [
             "docker",
