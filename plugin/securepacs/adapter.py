@@ -16,6 +16,11 @@ from securepacs.web import Request, Response
 
 log = logging.getLogger(__name__)
 
+# -- what the running plugin offers (feature detection lives here and nowhere else) ------------------------
+# RestOutput.SendHttpStatus() took (status, body, byte length) up to plugin 4.1 and (status, body) since 4.2,
+# the release that also added RegisterMoveCallback2 (Debian 12 ships 4.0; trixie 5.0; forky 7.1).
+SEND_HTTP_STATUS_TAKES_LENGTH = not hasattr(orthanc, "RegisterMoveCallback2")
+
 
 class OrthancLogHandler(logging.Handler):
     """Bridge Python logging into Orthanc's log so operators see one stream."""
@@ -235,14 +240,19 @@ def register_route(pattern: str, handler: Callable[[Request], Response]) -> None
             output.SendUnauthorized("SecurePACS")
         elif resp.status == 405:
             output.SendMethodNotAllowed(resp.headers.get("Allow", "GET"))
-        elif resp.status == 303:  # the web app's redirects (Location set above): SendHttpStatus allows 303
-            output.SendHttpStatus(303, "", 0)
         elif resp.status == 301:  # Orthanc's Redirect always sends 301
             output.Redirect(resp.headers.get("Location", "/"))
         else:
-            # The body (our JSON reason) reaches the client because HttpDescribeErrors is on. Plugin 4.0
-            # takes it as (status, str, byte length); anything else raises TypeError.
-            text = body.decode("utf-8", "replace")
-            output.SendHttpStatus(resp.status, text, len(text.encode("utf-8")))
+            # 303 (the web app's redirects, Location set above) and errors: the body (our JSON reason) reaches
+            # the client because HttpDescribeErrors is on.
+            _send_http_status(output, resp.status, b"" if resp.status == 303 else body)
 
     orthanc.RegisterRestCallback(pattern, _callback)
+
+
+def _send_http_status(output: Any, status: int, body: bytes) -> None:
+    if SEND_HTTP_STATUS_TAKES_LENGTH:  # plugin < 4.2: (status, str, byte length); bytes raise TypeError
+        text = body.decode("utf-8", "replace")
+        output.SendHttpStatus(status, text, len(text.encode("utf-8")))
+    else:
+        output.SendHttpStatus(status, body)

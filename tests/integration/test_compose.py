@@ -54,14 +54,20 @@ def test_stack_runs_unprivileged_and_publishes_only_tls_ports(compose_archive):
     assert (arc.certs_dir / "ca" / "ca.key").stat().st_uid == 0
 
 
-def test_image_carries_debian_orthanc(compose_archive):
-    res = subprocess.run(
-        ["docker", "run", "--rm", compose_archive.env["SECUREPACS_IMAGE"], "Orthanc", "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "Orthanc 1.10.1" in res.stdout
+def test_image_carries_debians_orthanc_1_13_with_its_plugins(compose_archive):
+    """The image's platform (README): Debian forky's Orthanc 1.13, python plugin 7.1 (built for the image's
+    Python, which the plugin's venv uses too), DICOMweb 1.24 and DCMTK 3.7."""
+    script = ("Orthanc --version | head -n1; dpkg-query -W -f '${Package} ${Version}\\n' orthanc-python "
+              "orthanc-dicomweb dcmtk; /opt/securepacs/.venv/bin/python -c 'import sys; print(sys.base_prefix)'")
+    res = subprocess.run(["docker", "run", "--rm", compose_archive.env["SECUREPACS_IMAGE"], "sh", "-c", script],
+                         capture_output=True, text=True, check=True)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("Orthanc 1.13."), lines
+    versions = dict(line.split(" ", 1) for line in lines[1:4])
+    assert versions["orthanc-python"].startswith("7.1"), versions
+    assert versions["orthanc-dicomweb"].startswith("1.24"), versions
+    assert versions["dcmtk"].split("really")[-1].startswith("3.7."), versions
+    assert lines[4] == "/usr", lines  # Debian's python3: the one libOrthancPython embeds
 
 
 def test_data_survives_down_and_up(compose_archive, tmp_path):

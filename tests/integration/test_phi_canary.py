@@ -82,9 +82,17 @@ def test_canary_patient_data_reaches_the_audit_trail_and_no_log(archive, clinic_
     birth_date = write_canary(spec, tmp_path / "canary")
     assert store(archive.conn(clinic_a), [tmp_path / "canary"]).ok
 
-    # A second clinic reusing the study is refused (and logged as a security event, without identifiers).
+    # A second clinic adding an instance to the study is refused (and logged as a security event, without
+    # identifiers). A new SOP Instance UID: Orthanc >= 1.13 acknowledges a re-sent instance that it already
+    # holds without storing it and without asking the plugin (README, platform), so only a new instance
+    # reaches tenancy on both platforms.
     other = archive.clinics.get("clinicB") or archive.enrol("clinicB", "CLINICB")
-    assert not store(archive.conn(other), [tmp_path / "canary"]).ok
+    intruder = tmp_path / "intruder"
+    intruder.mkdir()
+    ds = pydicom.dcmread(sorted((tmp_path / "canary").glob("*.dcm"))[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(prefix="2.25.")
+    ds.save_as(intruder / "one.dcm", enforce_file_format=True)
+    assert not store(archive.conn(other), [intruder]).ok
 
     # Queries carrying the identifiers: C-FIND by ID and by name, QIDO-RS, the study list.
     assert len(list(find(archive.conn(clinic_a), "STUDY", {"PatientID": spec.patient_id}))) == 1
