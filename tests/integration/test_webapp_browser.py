@@ -102,7 +102,22 @@ def new_page(browser: Any, *, phone: bool = False) -> Any:
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url[-80:]}") if r.status >= 400 else None)
     page.set_default_timeout(15_000)
+    page.goto = _retrying_network_changes(page.goto)
     return page
+
+
+def _retrying_network_changes(goto: Any) -> Any:
+    """page.goto, tried again when Chromium aborts it with ERR_NETWORK_CHANGED: other tests (and a compose
+    stack starting) add and remove network interfaces on this host, which Chromium reports that way."""
+    def _goto(url: str, **kwargs: Any) -> Any:
+        for attempt in range(3):
+            try:
+                return goto(url, **kwargs)
+            except playwright_api.Error as exc:
+                if "ERR_NETWORK_CHANGED" not in str(exc) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+    return _goto
 
 
 def assert_no_csp_violation(page: Any) -> None:

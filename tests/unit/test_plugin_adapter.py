@@ -547,3 +547,29 @@ def test_entry_script_refuses_to_load_with_bad_config(orthanc: OrthancStub) -> N
     assert orthanc.change_callbacks == []
     assert orthanc.find_callbacks == orthanc.move_callbacks == orthanc.cstore_filters == []
     assert any(level == "error" and "Refusing to start" in message for level, message in orthanc.logs)
+
+
+class Plugin42RestOutput(FakeRestOutput):
+    """RestOutput of plugin >= 4.2 (Debian 13's 5.0, forky's 7.1): SendHttpStatus(status, body)."""
+
+    def SendHttpStatus(self, status: int, body: bytes, *extra: Any) -> None:  # type: ignore[override]
+        if extra or not (isinstance(status, int) and isinstance(body, bytes | str)):
+            raise TypeError("Bad types for the arguments (2 arguments expected)")
+        self.statuses.append((status, body.decode() if isinstance(body, bytes) else body))
+
+
+@pytest.mark.parametrize("status", [303, 403, 409])
+def test_route_sends_statuses_in_the_form_plugin_4_2_and_later_take(orthanc: OrthancStub, status: int) -> None:
+    orthanc.RegisterMoveCallback2 = lambda *_callbacks: None  # what plugin >= 4.2 has and 4.0 lacks
+    adapter = importlib.import_module("securepacs.adapter")
+    assert adapter.SEND_HTTP_STATUS_TAKES_LENGTH is False
+    adapter.register_route("/r", lambda _req: Response.json({"error": "nöpe"}, status, {"Location": "/x"}))
+    output = Plugin42RestOutput()
+    orthanc.rest_callbacks["/r"](output, "/r", method="POST")
+    [(sent, body)] = output.statuses
+    assert sent == status
+    assert body == ("" if status == 303 else json.dumps({"error": "nöpe"}, indent=2))
+
+
+def test_plugin_4_0_is_detected_as_taking_the_length(adapter: ModuleType) -> None:
+    assert adapter.SEND_HTTP_STATUS_TAKES_LENGTH is True
