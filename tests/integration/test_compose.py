@@ -58,7 +58,8 @@ def test_image_carries_debians_orthanc_1_13_with_its_plugins(compose_archive):
     """The image's platform (README): Debian forky's Orthanc 1.13, python plugin 7.1 (built for the image's
     Python, which the plugin's venv uses too), DICOMweb 1.24 and DCMTK 3.7."""
     script = ("Orthanc --version | head -n1; dpkg-query -W -f '${Package} ${Version}\\n' orthanc-python "
-              "orthanc-dicomweb dcmtk; /opt/securepacs/.venv/bin/python -c 'import sys; print(sys.base_prefix)'")
+              "orthanc-dicomweb dcmtk; /opt/securepacs/.venv/bin/python -c 'import sys; print(sys.base_prefix)'; "
+              "command -v storescu")
     res = subprocess.run(["docker", "run", "--rm", compose_archive.env["SECUREPACS_IMAGE"], "sh", "-c", script],
                          capture_output=True, text=True, check=True)
     lines = res.stdout.splitlines()
@@ -68,6 +69,7 @@ def test_image_carries_debians_orthanc_1_13_with_its_plugins(compose_archive):
     assert versions["orthanc-dicomweb"].startswith("1.24"), versions
     assert versions["dcmtk"].split("really")[-1].startswith("3.7."), versions
     assert lines[4] == "/usr", lines  # Debian's python3: the one libOrthancPython embeds
+    assert lines[5] == "/usr/bin/storescu", lines  # DCMTK's, not a pynetdicom app of the same name
 
 
 def test_data_survives_down_and_up(compose_archive, tmp_path):

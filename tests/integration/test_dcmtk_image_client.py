@@ -2,8 +2,8 @@
 
 The native suite drives Debian 12's DCMTK 3.6.7, whose getscu/movescu have no TLS options (a tunnel stands
 in); 3.7's have them, so here every tool speaks mutual TLS itself. The tools run in a container of the
-image on the host's network, with the clinic's bundle mounted read-only; they are called by their full
-path because the image's venv (first on PATH) holds pynetdicom's scripts of the same names."""
+image on the host's network, with the clinic's bundle mounted read-only (called by their full path, so a
+pynetdicom app of the same name on PATH could never stand in for them; the image drops those)."""
 
 from __future__ import annotations
 
