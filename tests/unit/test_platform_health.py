@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orthanc_stub import OrthancStub, installed
+from orthanc_stub import OrthancException, OrthancStub, installed
 from test_platform import FACTS_1_10
 from test_plugin_adapter import valid_config
 from test_plugin_app import ADMIN_PW, PROXY_SECRET, SYSTEM, THROUGH_NGINX, FakeRest, FakeSystem, basic, request
@@ -198,6 +198,22 @@ def test_adapter_falls_back_to_the_mapped_libdcmdata(orthanc: OrthancStub, monke
     orthanc.rest_get["/plugins/python"] = b'{"ID": "python", "Version": "4.0"}'
     orthanc.rest_get["/plugins/dicom-web"] = b'{"ID": "dicom-web", "Version": "1.7"}'
     assert adapter.platform_versions() == FACTS_1_10
+    # What is loaded wins over what Orthanc was built with.
+    orthanc.system = {**SYSTEM, "ThirdPartyVersions": {"dcmtk": "3.6.0"}}
+    assert adapter.platform_versions()["dcmtk"] == "3.6.7"
+    # A plugin that is not loaded: Orthanc answers "Unknown resource" (OrthancException).
+    del orthanc.rest_get["/plugins/dicom-web"]
+    monkeypatch.setattr(orthanc, "RestApiGet", _unknown_plugins(orthanc.RestApiGet))
+    assert adapter.platform_versions()["dicomWeb"] is None
+
+
+def _unknown_plugins(real: Any) -> Any:
+    def get(uri: str) -> bytes:
+        if uri.startswith("/plugins/") and uri != "/plugins/python":
+            raise OrthancException(17, "Unknown resource")
+        return real(uri)
+
+    return get
 
 
 # -- launcher and CLI ----------------------------------------------------------------------------------------
