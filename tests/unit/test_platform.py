@@ -27,8 +27,11 @@ def test_table_has_one_row_per_known_cve_with_a_valid_fixed_in_version() -> None
 
 
 def test_a_row_as_json() -> None:
-    assert KNOWN[-1].as_json() == {"id": "CVE-2026-10528", "fixedIn": "1.13.0",
+    assert KNOWN[0].as_json() == {"id": "CVE-2026-5437", "fixedIn": "1.12.11", "description": KNOWN[0].description}
+    # Part of CVE-2026-10528's fix is DCMTK's (see the table's comment): only that row names a DCMTK release.
+    assert KNOWN[-1].as_json() == {"id": "CVE-2026-10528", "fixedIn": "1.13.0", "dcmtkFixedIn": "3.7.1",
                                    "description": KNOWN[-1].description}
+    assert [c.id for c in KNOWN if c.dcmtk_fixed_in] == ["CVE-2026-10528"]
 
 
 # -- versions ----------------------------------------------------------------------------------------------
@@ -70,18 +73,21 @@ def ids(cves: list[Cve]) -> list[str]:
     return [c.id for c in cves]
 
 
-@pytest.mark.parametrize(("running", "expected"), [
-    ("1.10.1", [*OPEN_IN_1_12, "CVE-2026-10528"]),  # Debian 12
-    ("1.12.7", [*OPEN_IN_1_12, "CVE-2026-10528"]),  # Debian 13
-    ("1.12.10", [*OPEN_IN_1_12, "CVE-2026-10528"]),
-    ("1.12.11", ["CVE-2026-10528"]),
-    ("1.13.0", []),  # forky / sid: the image
-    ("1.13.0+dfsg-1+b1", []),
-    ("1.14.2", []),
-    ("mainline", []),
+@pytest.mark.parametrize(("running", "dcmtk", "expected"), [
+    ("1.10.1", "3.6.7", [*OPEN_IN_1_12, "CVE-2026-10528"]),  # Debian 12
+    ("1.12.7", "3.6.9", [*OPEN_IN_1_12, "CVE-2026-10528"]),  # Debian 13
+    ("1.12.10", "3.7.1", [*OPEN_IN_1_12, "CVE-2026-10528"]),
+    ("1.12.11", "3.7.1", ["CVE-2026-10528"]),
+    ("1.13.0", "3.7.0", ["CVE-2026-10528"]),  # forky / sid, the image: DCMTK's part of the fix is missing
+    ("1.13.0", None, ["CVE-2026-10528"]),  # DCMTK unknown: not ruled out
+    ("1.13.0+dfsg-1+b1", "3.7.1", []),
+    ("1.13.0", "3.7.1", []),
+    ("1.14.2", "3.8", []),
+    ("mainline", "3.7.1", []),
 ])
-def test_unfixed_lists_the_cves_fixed_after_the_running_version(running: str, expected: list[str]) -> None:
-    assert ids(exposure.unfixed(running)) == expected
+def test_unfixed_lists_the_cves_fixed_after_the_running_versions(running: str, dcmtk: str | None,
+                                                                  expected: list[str]) -> None:
+    assert ids(exposure.unfixed(running, dcmtk_version=dcmtk)) == expected
 
 
 @pytest.mark.parametrize("running", [None, "", "garbage"])
@@ -95,6 +101,7 @@ def test_unfixed_takes_another_table() -> None:
 
 
 FACTS_1_10 = {"orthanc": "1.10.1", "pythonPlugin": "4.0", "dicomWeb": "1.7", "dcmtk": "3.6.7"}
+IMAGE = {"orthanc": "1.13.0", "pythonPlugin": "7.1", "dicomWeb": "1.24", "dcmtk": "3.7.0"}
 
 
 def test_component_of_debian_12_is_degraded_with_every_cve() -> None:
@@ -105,22 +112,31 @@ def test_component_of_debian_12_is_degraded_with_every_cve() -> None:
     assert platform["cves"][0] == KNOWN[0].as_json()
 
 
-def test_component_of_the_image_is_ok_and_missing_facts_are_none() -> None:
-    platform = exposure.component({"orthanc": "1.13.0", "pythonPlugin": "7.1"})
+def test_component_with_every_fix_is_ok_and_missing_facts_are_none() -> None:
+    platform = exposure.component({"orthanc": "1.13.0", "dcmtk": "3.7.1"})
     assert platform == {"status": "ok", "cves": [],
-                        "versions": {"orthanc": "1.13.0", "pythonPlugin": "7.1", "dicomWeb": None, "dcmtk": None}}
+                        "versions": {"orthanc": "1.13.0", "pythonPlugin": None, "dicomWeb": None, "dcmtk": "3.7.1"}}
+
+
+def test_component_of_the_forky_image_lists_the_dcmtk_side_of_cve_2026_10528() -> None:
+    platform = exposure.component(IMAGE)
+    assert platform["status"] == "degraded" and [c["id"] for c in platform["cves"]] == ["CVE-2026-10528"]
 
 
 def test_describe_names_every_version_and_warns_once() -> None:
     lines = exposure.describe(exposure.component(FACTS_1_10))
     assert lines[0] == "Platform: Orthanc 1.10.1, python plugin 4.0, DICOMweb 1.7, DCMTK 3.6.7"
     [warning] = lines[1:]
-    assert warning.startswith("WARNING: Orthanc 1.10.1 has 10 known unfixed vulnerabilities (CVE-2026-5437, ")
-    assert "CVE-2026-10528" in warning and "Orthanc 1.13 or newer fixes them" in warning
+    assert warning.startswith("WARNING: Orthanc 1.10.1 (DCMTK 3.6.7) has 10 known unfixed vulnerabilities "
+                              "(CVE-2026-5437, ")
+    assert "CVE-2026-10528); Orthanc 1.13 or newer with DCMTK 3.7.1 or newer fixes them" in warning
+    lines = exposure.describe(exposure.component(IMAGE))
+    assert lines[1].startswith("WARNING: Orthanc 1.13.0 (DCMTK 3.7.0) has 1 known unfixed vulnerability "
+                               "(CVE-2026-10528); ")
 
 
 def test_describe_without_exposure_or_without_a_report() -> None:
-    assert exposure.describe(exposure.component({"orthanc": "1.13.0"})) == [
-        "Platform: Orthanc 1.13.0, python plugin unknown, DICOMweb unknown, DCMTK unknown"]
+    assert exposure.describe(exposure.component({"orthanc": "1.13.0", "dcmtk": "3.7.1"})) == [
+        "Platform: Orthanc 1.13.0, python plugin unknown, DICOMweb unknown, DCMTK 3.7.1"]
     assert exposure.describe(None)[0].startswith("Platform versions: not reported")
     assert exposure.describe({"status": "error", "error": "RuntimeError"})[0].startswith("Platform versions: not")

@@ -78,8 +78,8 @@ def test_anonymous_view_has_statuses_only(app: SecurePacsApp) -> None:
         assert secret not in text
 
 
-def test_image_platform_is_ok(app: SecurePacsApp, facts: dict[str, str | None]) -> None:
-    facts.update(orthanc="1.13.0", pythonPlugin="7.1", dicomWeb="1.24", dcmtk="3.7.0")
+def test_a_platform_with_every_fix_is_ok(app: SecurePacsApp, facts: dict[str, str | None]) -> None:
+    facts.update(orthanc="1.13.0", pythonPlugin="7.1", dicomWeb="1.24", dcmtk="3.7.1")
     assert app.health() == {**app.health(), "status": "ok"}
     assert app.health_detail()["components"]["platform"]["cves"] == []
 
@@ -219,8 +219,9 @@ def _unknown_plugins(real: Any) -> Any:
 # -- launcher and CLI ----------------------------------------------------------------------------------------
 def detail_of(facts: Mapping[str, str | None]) -> dict[str, Any]:
     from securepacs.platform import exposure
-    return {"service": "securepacs", "version": __version__, "status": "ok" if facts["orthanc"] == "1.13.0"
-            else "degraded", "components": {"orthanc": {"status": "ok"}, "platform": exposure.component(facts)}}
+    platform = exposure.component(facts)
+    return {"service": "securepacs", "version": __version__, "status": platform["status"],
+            "components": {"orthanc": {"status": "ok"}, "platform": platform}}
 
 
 def test_wait_healthy_returns_a_serving_archive_with_a_degraded_platform(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,7 +237,7 @@ def test_banner_prints_versions_and_the_cve_warning(tmp_path: Path) -> None:
     text = launcher.banner(types.SimpleNamespace(settings=s, admin_created=False), detail_of(FACTS_1_10))
     assert f"SecurePACS {__version__} is running" in text
     assert "Platform: Orthanc 1.10.1, python plugin 4.0, DICOMweb 1.7, DCMTK 3.6.7" in text
-    assert "WARNING: Orthanc 1.10.1 has 10 known unfixed vulnerabilities" in text
+    assert "WARNING: Orthanc 1.10.1 (DCMTK 3.6.7) has 10 known unfixed vulnerabilities" in text
 
 
 @pytest.fixture
@@ -251,7 +252,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
 
 
 def run_health(capsys: pytest.CaptureFixture[str], **flags: bool) -> tuple[int, str]:
-    code = serve_cmd.check_health(argparse.Namespace(**{"internal": False, "json": False, **flags}))
+    code = serve_cmd.check_health(argparse.Namespace(**{"internal": False, "json": False, "serving": False, **flags}))
     return code, capsys.readouterr().out
 
 
@@ -265,12 +266,14 @@ def test_cli_reports_versions_and_exits_3_on_exposure(cli_env: dict[str, Any],
     assert "CVE-2026-10528" in out and "platform: degraded" in out
     code, out = run_health(capsys, json=True)
     assert code == 3 and json.loads(out)["components"]["platform"]["versions"] == FACTS_1_10
+    code, out = run_health(capsys, serving=True)  # compose's healthcheck: serving is healthy
+    assert code == 0 and "CVE-2026-10528" in out
 
 
-def test_cli_exits_0_on_the_image_and_1_when_not_serving(cli_env: dict[str, Any],
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    image = {"orthanc": "1.13.0", "pythonPlugin": "7.1", "dicomWeb": "1.24", "dcmtk": "3.7.0"}
-    cli_env[LOCAL] = detail_of(image)
+def test_cli_exits_0_with_every_fix_and_1_when_not_serving(cli_env: dict[str, Any],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fixed = {"orthanc": "1.13.0", "pythonPlugin": "7.1", "dicomWeb": "1.24", "dcmtk": "3.7.1"}
+    cli_env[LOCAL] = detail_of(fixed)
     cli_env[PUBLIC] = health.public(cli_env[LOCAL])
     code, out = run_health(capsys)
     assert code == 0 and "Orthanc 1.13.0" in out and "WARNING" not in out
@@ -279,6 +282,7 @@ def test_cli_exits_0_on_the_image_and_1_when_not_serving(cli_env: dict[str, Any]
     assert run_health(capsys, internal=True)[0] == 0  # --internal asks Orthanc's loopback port only
     cli_env[LOCAL] = {**cli_env[LOCAL], "status": "degraded", "components": {"orthanc": {"status": "error"}}}
     assert run_health(capsys, internal=True)[0] == 1
+    assert run_health(capsys, internal=True, serving=True)[0] == 1  # --serving does not hide an outage
     cli_env.clear()
     code, out = run_health(capsys)
     assert (code, out.strip()) == (1, "SecurePACS: no answer")

@@ -17,19 +17,25 @@ from securepacs.platform.cves import KNOWN, Cve
 COMPONENTS = {"orthanc": "Orthanc", "pythonPlugin": "python plugin", "dicomWeb": "DICOMweb", "dcmtk": "DCMTK"}
 
 
-def unfixed(orthanc_version: str | None, table: Iterable[Cve] = KNOWN) -> list[Cve]:
-    """The CVEs of ``table`` that the running Orthanc does not have the fix for. A version this module
-    cannot read rules none out: every row is listed (a security report errs on the side of exposure)."""
-    running = versions.parse(orthanc_version)
-    if running is None:
-        return list(table)
-    return [cve for cve in table if running < versions.require(cve.fixed_in)]
+def unfixed(orthanc_version: str | None, table: Iterable[Cve] = KNOWN, *,
+            dcmtk_version: str | None = None) -> list[Cve]:
+    """The CVEs of ``table`` that the running Orthanc (with the DCMTK it runs with, where part of the fix is
+    DCMTK's) does not have the fix for. A version this module cannot read rules nothing out (a security
+    report errs on the side of exposure)."""
+    running, dcmtk = versions.parse(orthanc_version), versions.parse(dcmtk_version)
+
+    def exposed(cve: Cve) -> bool:
+        if running is None or running < versions.require(cve.fixed_in):
+            return True
+        return cve.dcmtk_fixed_in is not None and (dcmtk is None or dcmtk < versions.require(cve.dcmtk_fixed_in))
+
+    return [cve for cve in table if exposed(cve)]
 
 
 def component(facts: Mapping[str, str | None]) -> dict[str, Any]:
     """The ``platform`` component of the detailed health report, from the adapter's raw version facts."""
     found = {key: facts.get(key) for key in COMPONENTS}
-    exposed = unfixed(found["orthanc"])
+    exposed = unfixed(found["orthanc"], dcmtk_version=found["dcmtk"])
     return {"status": "degraded" if exposed else "ok", "versions": found, "cves": [c.as_json() for c in exposed]}
 
 
@@ -41,11 +47,17 @@ def describe(platform: Mapping[str, Any] | None) -> list[str]:
     lines = ["Platform: " + ", ".join(f"{name} {found.get(key) or 'unknown'}" for key, name in COMPONENTS.items())]
     cves = [c for c in platform.get("cves") or () if isinstance(c, Mapping)]
     if cves:
-        fixes = [v for v in (versions.parse(str(c.get("fixedIn"))) for c in cves) if v is not None]
-        newest = max(fixes) if fixes else "the newest release"
+        needs = f"Orthanc {_newest(cves, 'fixedIn')} or newer"
+        if any(c.get("dcmtkFixedIn") for c in cves):
+            needs += f" with DCMTK {_newest(cves, 'dcmtkFixedIn')} or newer"
         lines.append(
-            f"WARNING: Orthanc {found.get('orthanc') or 'unknown'} has {len(cves)} known unfixed "
-            f"vulnerabilit{'y' if len(cves) == 1 else 'ies'} ({', '.join(str(c.get('id')) for c in cves)}); "
-            f"Orthanc {newest} or newer fixes them (see the README's platform section)"
+            f"WARNING: Orthanc {found.get('orthanc') or 'unknown'} (DCMTK {found.get('dcmtk') or 'unknown'}) has "
+            f"{len(cves)} known unfixed vulnerabilit{'y' if len(cves) == 1 else 'ies'} "
+            f"({', '.join(str(c.get('id')) for c in cves)}); {needs} fixes them (see the README's platform section)"
         )
     return lines
+
+
+def _newest(cves: list[Mapping[str, Any]], key: str) -> str:
+    found = [v for v in (versions.parse(str(c.get(key))) for c in cves if c.get(key)) if v is not None]
+    return str(max(found)) if found else "the newest release"
