@@ -4,7 +4,8 @@ from securepacs import adapter
 from securepacs.app import SecurePacsApp
 
 adapter.install_logging()
-app = SecurePacsApp(adapter.read_config(), adapter.RestApi(), adapter.RestModalityApi(), adapter.orthanc_system)
+app = SecurePacsApp(adapter.read_config(), adapter.RestApi(), adapter.RestModalityApi(), adapter.orthanc_system,
+                    platform_versions=adapter.platform_versions)
 adapter.register_http_filter(app.filter_http)
 adapter.register_json_get("/securepacs/health", app.health)
 adapter.register_cstore_filter(app.on_cstore)

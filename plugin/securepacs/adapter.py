@@ -72,6 +72,35 @@ def orthanc_system() -> Mapping[str, Any]:
     return json.loads(orthanc.RestApiGet("/system"))
 
 
+# DCMTK's dcmdata as the dynamic linker mapped it into this (Orthanc's) process: libdcmdata.so.SOVERSION.X.Y.Z
+_DCMDATA = re.compile(r"/libdcmdata\.so\.\d+\.(\d+\.\d+\.\d+)$")
+
+
+def platform_versions() -> dict[str, str | None]:
+    """Raw version facts of the running platform (None: not reported), for securepacs.platform.
+
+    Orthanc's version from ``/system``, the plugins' from ``/plugins/<id>`` (1.10.1 and 1.13.0 alike).
+    DCMTK's from the versioned file name of the libdcmdata this process runs with (Debian links Orthanc
+    dynamically: what is loaded, also after a library update), else from ``/system``'s
+    ``ThirdPartyVersions`` (Orthanc ≥ 1.12: the version it was built with; for static builds)."""
+    system = json.loads(orthanc.RestApiGet("/system"))
+
+    def plugin(plugin_id: str) -> str | None:
+        try:
+            return json.loads(orthanc.RestApiGet(f"/plugins/{plugin_id}")).get("Version")
+        except orthanc.OrthancException:  # not loaded
+            return None
+
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            dcmtk = next((m.group(1) for m in map(_DCMDATA.search, (line.strip() for line in maps)) if m), None)
+    except OSError:
+        dcmtk = None
+    dcmtk = dcmtk or (system.get("ThirdPartyVersions") or {}).get("dcmtk")
+    return {"orthanc": system.get("Version"), "pythonPlugin": plugin("python"), "dicomWeb": plugin("dicom-web"),
+            "dcmtk": dcmtk}
+
+
 def _decoded(arguments: Mapping[str, str] | None) -> dict[str, str]:
     """GET arguments as values: the plugin hands them over still percent-encoded (and keeps only the last
     of a repeated key)."""

@@ -29,10 +29,11 @@ from securepacs.audit import ActiveParticipant, AuditTrail, codes
 from securepacs.audit_api import AuditApi
 from securepacs.auditing import Auditor
 from securepacs.http_auth import FORGED, HTTP_METHODS, NOT_INTERNAL, HttpAuthenticator
-from securepacs.identity import CLINIC_DEVICE, GATEWAY, Principal
+from securepacs.identity import ADMIN, AUDITOR, CLINIC_DEVICE, GATEWAY, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
 from securepacs.move import MovePlan, MoveRefused, MoveService
 from securepacs.orthanc_tools import OrthancTools
+from securepacs.platform import exposure
 from securepacs.plugin_config import PluginConfig
 from securepacs.policy import OWNERSHIP_URI, HttpPolicy
 from securepacs.store import Clinic, Store, StoreError
@@ -71,6 +72,7 @@ class SecurePacsApp:
         rest: OrthancRest,
         modality_api: ModalityApi,
         orthanc_system: Callable[[], Mapping[str, Any]],
+        platform_versions: Callable[[], Mapping[str, str | None]] | None = None,
     ):
         self.config = config
         self._rest = rest
@@ -98,6 +100,8 @@ class SecurePacsApp:
         self.stored_check = StoredInstanceCheck(rest, self.audit, self.security_event, clinic_of=self._clinic_of_aet)
         self.studies = StudyList(self.queries)
         self._orthanc_system = orthanc_system
+        self._platform_versions = platform_versions
+        self._platform: dict[str, Any] | None = None  # the versions do not change while Orthanc runs
         self._aet_cache: dict[str, tuple[Principal | None, float]] = {}
         self.webapp = WebApp(rest, self.audit)  # type: ignore[arg-type]  # adapter.RestApi also reads bytes
 
@@ -223,6 +227,8 @@ class SecurePacsApp:
             (r"/securepacs/api/clinics", "admin", self.clinic_list),
             (OWNERSHIP_URI, "internal", self.ownership),
             (r"/securepacs/api/audit", "authenticated", self.audit_api.handle),
+            (health.DETAIL_URI, "authenticated", self.health_api),
+            (health.LOCAL_URI, "local", self.local_health),
         ]
         tools = [(pattern, "admin", handler)
                  for pattern, handler in OrthancTools(self._rest, self.subjects, self.audit).routes()]
@@ -238,16 +244,17 @@ class SecurePacsApp:
             origin = self.auth.origin(PROXY_PEER, req.headers)
             if origin.forged:
                 return Response.error(403, FORGED)
-            if access == "internal" and not origin.internal:  # the filter refused it already; defence in depth
+            # "local": internal and anonymous (the detailed health report for securepacs health).
+            if access in ("internal", "local") and not origin.internal:  # the filter refused it already
                 return Response.error(403, NOT_INTERNAL)
             ip = origin.client_ip
             req = dataclasses.replace(req, client_ip=ip)
             # Anonymous routes (login) do not look at credentials: a stray wrong Basic header on a login
             # request must not count towards the account's lockout.
-            principal = None if access == "anonymous" else self.auth.principal(req.method, req.headers, ip,
-                                                                                internal=origin.internal)
+            principal = None if access in ("anonymous", "local") else self.auth.principal(
+                req.method, req.headers, ip, internal=origin.internal)
             # "page" handlers answer a caller without a session themselves (a redirect to the login page).
-            if principal is None and access not in ("anonymous", "page"):
+            if principal is None and access not in ("anonymous", "page", "local"):
                 return Response.error(403, "authentication required")
             return handler(req, principal)
 
@@ -321,15 +328,39 @@ class SecurePacsApp:
         return Response(200, json.dumps(found), "application/dicom+json")
 
     def health(self) -> dict[str, Any]:
-        return health.report(
-            __version__,
-            {
-                "orthanc": self._check_orthanc,
-                "store": lambda: {"generation": self.store.generation()},
-                "dicom-tls": lambda: {"enabled": self.config.dicom_tls},
-                "modalities": self._check_modalities,
-            },
-        )
+        """The anonymous report: ok/degraded per component, nothing else."""
+        return health.public(self.health_detail())
+
+    def health_detail(self) -> dict[str, Any]:
+        checks: dict[str, health.Check] = {
+            "orthanc": self._check_orthanc,
+            "store": lambda: {"generation": self.store.generation()},
+            "dicom-tls": lambda: {"enabled": self.config.dicom_tls},
+            "modalities": self._check_modalities,
+        }
+        if self._platform_versions is not None:
+            checks["platform"] = self._check_platform
+        return health.report(__version__, checks)
+
+    def health_api(self, req: Request, principal: Principal | None) -> Response:
+        """The detailed health report (versions, unfixed CVEs, counters) for admins and auditors."""
+        if principal is None or principal.role not in (ADMIN, AUDITOR):
+            return Response.error(403, "admin or auditor role required")
+        if req.method != "GET":
+            return Response(405, headers={"Allow": "GET"})
+        return Response.json(self.health_detail())
+
+    def local_health(self, req: Request, _principal: Principal | None) -> Response:
+        """The same report for local processes (``securepacs health``, the launcher): bind() and the filter
+        serve this route only to a request from this host that did not come through nginx."""
+        if req.method != "GET":
+            return Response(405, headers={"Allow": "GET"})
+        return Response.json(self.health_detail())
+
+    def _check_platform(self) -> Mapping[str, Any]:
+        if self._platform is None and self._platform_versions is not None:
+            self._platform = exposure.component(self._platform_versions())
+        return self._platform or {}
 
     def _check_orthanc(self) -> Mapping[str, Any]:
         system = self._orthanc_system()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from securepacs import health
 from securepacs.accounts import Accounts
 from securepacs.identity import Principal
 from securepacs.plugin_config import PROXY_SECRET_HEADER
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 # (method, exact URI): no prefix matching, so "/securepacs/health/../system" is not anonymous.
 ANONYMOUS = frozenset({("GET", "/securepacs/health"), ("POST", "/securepacs/login")})
+
+# Internal routes a local process may call without credentials: the detailed health report (versions,
+# unfixed CVEs), for securepacs health and the launcher. Nothing a local account cannot read anyway
+# (package versions are in the world-readable dpkg database); never served through nginx.
+LOCAL_ANONYMOUS = frozenset({("GET", health.LOCAL_URI)})
 
 # Routes for local services only (the gateway's ownership checks): never through nginx. Orthanc collapses
 # repeated slashes, so the check does too.
@@ -119,6 +125,8 @@ class HttpAuthenticator:
             return Decision(False, None, ip, FORGED)
         if INTERNAL_ROUTE.fullmatch(uri) and not origin.internal:
             return Decision(False, None, ip, NOT_INTERNAL)
+        if origin.internal and (method, uri) in LOCAL_ANONYMOUS:
+            return Decision(True, None, ip, "local process: detailed health report")
         if (method, uri) in self._anonymous:
             return Decision(True, None, ip, "anonymous endpoint")
         result = self._accounts.authenticate(method, headers, ip, internal=origin.internal)

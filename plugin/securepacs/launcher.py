@@ -16,8 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from securepacs import nginx_log
+from securepacs import __version__, health, nginx_log
 from securepacs.deploy import Prepared
+from securepacs.platform import exposure
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,10 @@ def wait_healthy(
                     f"{proc.args[0]} exited with status {proc.returncode} during start-up (see its log above)"
                 )
         report = fetch_health(url, context)
-        if report and report.get("status") == "ok":
-            return report
+        # Serving is enough: a degraded platform (a known CVE in the running Orthanc) is reported in the
+        # banner, not waited out (health.ADVISORY).
+        if health.ready(report):
+            return report  # type: ignore[return-value]  # ready() is False for None
         time.sleep(0.3)
     raise LaunchError(f"{url} did not report healthy within {timeout:.0f} s")
 
@@ -177,16 +180,17 @@ class Archive:
                 check_nginx_config(self.p)
                 if "orthanc" not in self.components:
                     # Separate service: wait for Orthanc (same network namespace) before serving.
-                    wait_healthy(self._internal_health_url(), [])
+                    report = wait_healthy(self._internal_health_url(), [])
                 # Its error log names requests with their query strings (patient data in QIDO searches):
                 # read it through the redactor, as the access log format drops them.
                 self.nginx = subprocess.Popen(_nginx_cmd(self.p), start_new_session=True, stderr=subprocess.PIPE)
                 nginx_log.forward(self.nginx.stderr, sys.stderr.buffer)
-                report = wait_healthy(
-                    f"https://127.0.0.1:{self.p.settings.https_port}/securepacs/health",
+                served = wait_healthy(
+                    f"https://127.0.0.1:{self.p.settings.https_port}{health.PUBLIC_URI}",
                     [p for p in (self.orthanc, self.gateway, self.nginx) if p],
                     context=https_context(self.p.settings.certs_dir / "ca" / "ca.crt"),
                 )
+                report = report or served  # the banner prefers the detailed report (versions, CVEs)
             if self.components == ("signer",):
                 time.sleep(1.0)
                 if self.signer is not None and self.signer.poll() is not None:
@@ -198,7 +202,8 @@ class Archive:
             raise
 
     def _internal_health_url(self) -> str:
-        return f"http://127.0.0.1:{self.p.settings.http_port}/securepacs/health"
+        # The detailed report (a local request: no credentials, never through nginx): it feeds the banner.
+        return f"http://127.0.0.1:{self.p.settings.http_port}{health.LOCAL_URI}"
 
     def _spawn(self, cmd: list[str], extra_env: dict[str, str] | None = None,
                user: pwd.struct_passwd | None = None) -> subprocess.Popen:
@@ -273,13 +278,14 @@ def _wait(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait()
 
 
-def banner(p: Prepared, health: dict) -> str:
+def banner(p: Prepared, report: dict) -> str:
     s = p.settings
     host = next((h for h in s.hostnames if h not in ("localhost", "127.0.0.1", "::1")), s.hostnames[0])
     cred = s.admin_credential_path
     lines = [
         "",
-        f"SecurePACS {health.get('version')} is running (Orthanc {health['components']['orthanc'].get('version')})",
+        f"SecurePACS {__version__} is running",
+        *(f"  {line}" for line in exposure.describe(report.get("components", {}).get("platform"))),
         f"  DICOM (mutual TLS only): host {host}  port {s.dicom_port}  AE title {s.aet}  (gateway)",
         f"  HTTPS:                   https://{host}:{s.https_port}/  (health: /securepacs/health)",
         f"  CA certificate:          {Path(s.certs_dir) / 'ca' / 'ca.crt'}",

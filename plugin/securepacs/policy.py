@@ -2,7 +2,8 @@
 
 Deny by default. Admins reach everything (Orthanc Explorer, raw REST). Clinic roles reach only an
 allow-list of read endpoints, each checked against the tenant that owns the resource it names; auditors
-their own account and the audit trail (``/securepacs/api/audit``). Orthanc's generic endpoints
+their own account, the audit trail (``/securepacs/api/audit``) and the detailed health report (platform
+versions and unfixed CVEs, ``/securepacs/api/health``). Orthanc's generic endpoints
 (``/patients`` — a patient there merges every clinic's people sharing a Patient ID —, ``/tools``,
 ``/instances`` upload, ``/modalities``, ``/jobs``, Explorer, other plugins' routes) stay admin-only.
 """
@@ -13,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from securepacs import health
 from securepacs.identity import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal
 from securepacs.tenancy import ORTHANC_ID_PATTERN, Tenancy
 from securepacs.webapp import urls as webapp_urls
@@ -72,7 +74,9 @@ class HttpPolicy:
         if principal.role == AUDITOR:
             if method == "GET" and uri == AUDIT_URI:
                 return Verdict(True, "auditor reads the audit trail")
-            return Verdict(False, "auditors reach only the audit trail")
+            if method == "GET" and uri == health.DETAIL_URI:
+                return Verdict(True, "auditor reads the detailed health report")
+            return Verdict(False, "auditors reach only the audit trail and the health report")
         if principal.role not in CLINIC_READERS or principal.clinic is None:
             return Verdict(False, f"role {principal.role!r} has no HTTP access")
         if method == "POST" and uri == _STOW:

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-import securepacs
-
 pytestmark = pytest.mark.integration
 
 CLIENT_IP_HEADER = "X-SecurePACS-Client-IP"
@@ -131,11 +129,12 @@ def test_health_is_anonymous_json(archive, clinic_a):
     assert headers.get_content_type() == "application/json"
     report = json.loads(body)
     assert report["service"] == "securepacs"
-    assert report["version"] == securepacs.__version__
-    assert report["status"] == "ok", report
+    assert "version" not in report  # not to anyone (test_platform_health.py: who sees versions)
     components = report["components"]
-    assert {"orthanc", "store"} <= set(components), components
-    assert all(c["status"] == "ok" for c in components.values()), components
+    assert {"orthanc", "store", "platform"} <= set(components), components
+    # The platform is degraded where the running Orthanc has a known CVE (natively 1.10.1): the rest is ok.
+    assert all(c["status"] == "ok" for name, c in components.items() if name != "platform"), components
+    assert report["status"] == ("ok" if components["platform"]["status"] == "ok" else "degraded"), report
 
 
 @pytest.mark.parametrize("path", PROTECTED)

@@ -204,7 +204,7 @@ def test_app_uses_the_configured_proxy_and_header(tmp_path: Path, rest: FakeRest
 
 
 def test_health_before_start_is_degraded_while_modalities_start(app: SecurePacsApp) -> None:
-    report = app.health()
+    report = app.health_detail()
     assert report["service"] == "securepacs" and report["version"] == __version__
     assert report["status"] == "degraded"
     assert report["components"] == {
@@ -220,7 +220,7 @@ def test_health_after_start_is_ok_and_modalities_are_registered(app: SecurePacsA
     app.store.add_clinic("north", ["NORTH_CT"])
     app.on_started()
     assert list(api.modalities) == [f"{PREFIX}north-0"]  # synced at start, not after the first interval
-    report = app.health()
+    report = app.health_detail()
     assert report["status"] == "ok", report
     assert report["components"]["modalities"] == {"status": "ok"}
     assert report["components"]["store"]["generation"] == 2
@@ -229,7 +229,7 @@ def test_health_after_start_is_ok_and_modalities_are_registered(app: SecurePacsA
 def test_health_reports_a_failing_orthanc(app: SecurePacsApp, system: FakeSystem) -> None:
     app.modalities.sync()
     system.error = RuntimeError("connection refused")
-    report = app.health()
+    report = app.health_detail()
     assert report["status"] == "degraded"
     assert report["components"]["orthanc"] == {"status": "error", "error": "RuntimeError"}
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from securepacs import deploy, launcher, settings
+from securepacs import deploy, health, launcher, settings
 from securepacs.pki import PkiError
+from securepacs.platform import exposure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,9 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run)
 
-    h = subparsers.add_parser("health", help="query /securepacs/health; exit 0 only if every component is ok")
-    h.add_argument("--internal", action="store_true", help="ask Orthanc's loopback HTTP port instead of HTTPS")
+    h = subparsers.add_parser(
+        "health",
+        help="report the archive's health, platform versions and known unfixed CVEs",
+        description="Asks /securepacs/health over HTTPS (as clients reach it) and the detailed report (versions, "
+        "unfixed CVEs) on Orthanc's loopback port, which answers local processes only. Exit status: 0 every "
+        "component ok; 1 not serving (no answer, or a component other than the platform not ok); 3 serving, but "
+        "the platform is degraded: the running Orthanc has a known unfixed CVE.",
+    )
+    h.add_argument("--internal", action="store_true", help="ask Orthanc's loopback HTTP port only (not nginx)")
+    h.add_argument("--json", action="store_true", help="print the detailed report as JSON")
+    h.add_argument("--serving", action="store_true",
+                   help="exit 0 whenever the archive serves, also with a degraded platform (for health checks "
+                   "whose failure restarts or blocks the service, like compose's: that fixes no CVE)")
     h.set_defaults(func=check_health)
+
+
+EXIT_OK, EXIT_NOT_SERVING, EXIT_EXPOSED = 0, 1, 3
 
 
 def check_health(args: argparse.Namespace) -> int:
@@ -37,14 +52,38 @@ def check_health(args: argparse.Namespace) -> int:
     except settings.SettingsError as exc:
         print(f"securepacs: error: {exc}", file=sys.stderr)
         return 2
+    detail = launcher.fetch_health(f"http://127.0.0.1:{s.http_port}{health.LOCAL_URI}")
     if args.internal:
-        report = launcher.fetch_health(f"http://127.0.0.1:{s.http_port}/securepacs/health")
+        served = detail
     else:
-        report = launcher.fetch_health(
-            f"https://127.0.0.1:{s.https_port}/securepacs/health", launcher.https_context(s.certs_dir / "ca" / "ca.crt")
-        )
-    print(json.dumps(report, indent=2) if report else "no answer")
-    return 0 if report and report.get("status") == "ok" else 1
+        ca = launcher.https_context(s.certs_dir / "ca" / "ca.crt")
+        served = launcher.fetch_health(f"https://127.0.0.1:{s.https_port}{health.PUBLIC_URI}", ca)
+    report = detail or served
+    if args.json:
+        print(json.dumps(report, indent=2) if report else "no answer")
+    else:
+        print(_summary(report, served))
+    status = _exit_status(served)
+    return EXIT_OK if args.serving and status == EXIT_EXPOSED else status
+
+
+def _summary(report: dict | None, served: dict | None) -> str:
+    if not report:
+        return "SecurePACS: no answer"
+    components = report.get("components") or {}
+    lines = [f"SecurePACS: {report.get('status')}" + ("" if served else " (but no answer over HTTPS: nginx?)")]
+    lines += [f"  {name}: {c.get('status')}" for name, c in components.items() if isinstance(c, dict)]
+    lines += [f"  {line}" for line in exposure.describe(components.get("platform"))]
+    return "\n".join(lines)
+
+
+def _exit_status(served: dict | None) -> int:
+    """0 only if every component is ok. A degraded platform (a known CVE in the running Orthanc, or a version
+    that could not be read) gets its own code, 3, not 1: the archive serves, and restarting or waiting (what
+    an "unhealthy" health check leads to) does not fix it; an upgrade does."""
+    if not health.ready(served):
+        return EXIT_NOT_SERVING
+    return EXIT_OK if served and served.get("status") == "ok" else EXIT_EXPOSED
 
 
 def run(args: argparse.Namespace) -> int:
