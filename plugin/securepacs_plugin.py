@@ -11,7 +11,7 @@ adapter.register_json_get("/securepacs/health", app.health)
 adapter.register_cstore_filter(app.on_cstore)
 adapter.register_stored_instance(app.on_stored)
 adapter.register_find(app.on_find)
-adapter.register_move(app.on_move)
+adapter.register_move(app.start_move)
 for pattern, handler in app.routes():
     adapter.register_route(pattern, handler)
 adapter.register_lifecycle(app.on_started, app.on_stopped)

@@ -12,6 +12,7 @@ from typing import Any
 import orthanc  # provided by Orthanc's Python plugin at run time
 
 from securepacs import plugin_config
+from securepacs.move import MoveOperation, MoveRefused
 from securepacs.web import Request, Response
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,11 @@ FindQuery = list[tuple[int, int, str]]  # (group, element, value) as Orthanc par
 
 
 def register_find(handler: Callable[[FindQuery, str, str], Iterable[bytes]]) -> None:
-    """Replace Orthanc's C-FIND SCP; ``handler(query, calling_aet, called_aet)`` yields encoded answers."""
+    """Replace Orthanc's C-FIND SCP; ``handler(query, calling_aet, called_aet)`` yields encoded answers.
+
+    Plugin >= 7.0 (Orthanc SDK 1.12.10) hands over the association (RegisterFindCallback2): the AE titles are
+    read from it. Its peer address is not passed on: Orthanc's DICOM port only ever sees the gateway, which
+    audits the clinic's real address itself."""
 
     def _value(query: Any, i: int) -> str:
         try:
@@ -192,16 +197,89 @@ def register_find(handler: Callable[[FindQuery, str, str], Iterable[bytes]]) -> 
         for answer in handler(items, issuer_aet, called_aet):
             answers.FindAddAnswer(answer)
 
-    orthanc.RegisterFindCallback(_on_find)
+    def _on_find2(answers: Any, query: Any, connection: Any) -> None:
+        _on_find(answers, query, connection.GetConnectionRemoteAet(), connection.GetConnectionCalledAet())
+
+    if hasattr(orthanc, "RegisterFindCallback2"):
+        orthanc.RegisterFindCallback2(_on_find2)
+    else:
+        orthanc.RegisterFindCallback(_on_find)
 
 
-def register_move(handler: Callable[[Mapping[str, str]], None]) -> None:
-    """Replace Orthanc's C-MOVE SCP; ``handler(request)`` performs the whole move or raises to fail it."""
+class MoveSubOperationFailed(Exception):
+    """An instance of an admitted C-MOVE did not reach its destination (the app logged why)."""
+
+
+class _WithoutTraceback:
+    """Let an expected refusal leave a callback without its stack frames.
+
+    Orthanc's Python plugin can fail a move callback only through an exception, and it logs every one as
+    "Error in the Python ... callback, traceback:" with the frames. A refusal is not a bug and the app has
+    already logged why: clearing the traceback here, while the exception passes the callback's own frame
+    (its last Python frame), leaves that log entry at the exception's class and message."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+        if isinstance(exc, (MoveRefused, MoveSubOperationFailed)):
+            exc.with_traceback(None)
+        return False
+
+
+def _move_request(request: Mapping[str, Any]) -> dict[str, str]:
+    return {k: "" if v is None else str(v) for k, v in request.items()}
+
+
+def register_move(start: Callable[[Mapping[str, str]], MoveOperation]) -> None:
+    """Replace Orthanc's C-MOVE SCP. ``start(request)`` plans the move or raises :class:`MoveRefused`; the
+    operation it returns sends the instances.
+
+    Plugin >= 4.2 takes Orthanc's four move callbacks (RegisterMoveCallback2; RegisterMoveCallback3 since 7.0,
+    which also hands over the association): a move has one sub-operation per instance, a refusal makes
+    Orthanc answer 0xC000 (UNABLE_TO_PROCESS) with no sub-operations, a failed instance counts as a failed
+    sub-operation (final status 0xB000). Plugin 4.0 has only RegisterMoveCallback: the whole move is one
+    sub-operation, and a refusal or failure is that sub-operation failing (0xB000)."""
+
+    def _start(request: Mapping[str, Any]) -> MoveOperation:
+        operation = start(_move_request(request))
+        # Counted here: an error in the size callback would escape Orthanc's C-MOVE handler.
+        log.info("C-MOVE admitted: %d sub-operation(s)", operation.count)
+        return operation
+
+    # Each callback is the exception's last Python frame: _WithoutTraceback must be in it, not deeper.
+    def _create(**request: Any) -> MoveOperation:
+        with _WithoutTraceback():
+            return _start(request)
+
+    def _create3(connection: Any, **request: Any) -> MoveOperation:
+        with _WithoutTraceback():
+            # The SDK 1.12.10 callback has no AE title arguments: they are the association's.
+            return _start({**request, "OriginatorAET": connection.GetConnectionRemoteAet(),
+                           "SourceAET": connection.GetConnectionCalledAet()})
+
+    def _size(operation: MoveOperation) -> int:
+        return operation.count
+
+    def _apply(operation: MoveOperation) -> None:
+        with _WithoutTraceback():
+            if not operation.next():
+                raise MoveSubOperationFailed("C-MOVE sub-operation failed (see the SecurePACS warning)")
+
+    def _free(_operation: MoveOperation) -> None:
+        return None
 
     def _on_move(**request: Any) -> None:
-        handler({k: "" if v is None else str(v) for k, v in request.items()})
+        failed = start(_move_request(request)).run()
+        if failed:
+            raise MoveRefused(f"C-MOVE failed: {'the transfer' if failed < 0 else f'{failed} instance(s)'}")
 
-    orthanc.RegisterMoveCallback(_on_move)
+    if hasattr(orthanc, "RegisterMoveCallback3"):
+        orthanc.RegisterMoveCallback3(_create3, _size, _apply, _free)
+    elif hasattr(orthanc, "RegisterMoveCallback2"):
+        orthanc.RegisterMoveCallback2(_create, _size, _apply, _free)
+    else:
+        orthanc.RegisterMoveCallback(_on_move)
 
 
 def register_cstore_filter(handler: Callable[[bytes, str], int]) -> None:

@@ -31,7 +31,7 @@ from securepacs.auditing import Auditor
 from securepacs.http_auth import FORGED, HTTP_METHODS, NOT_INTERNAL, HttpAuthenticator
 from securepacs.identity import ADMIN, AUDITOR, CLINIC_DEVICE, GATEWAY, Principal
 from securepacs.modalities import ModalityApi, ModalitySync
-from securepacs.move import MovePlan, MoveRefused, MoveService
+from securepacs.move import MoveOperation, MovePlan, MoveRefused, MoveService
 from securepacs.orthanc_tools import OrthancTools
 from securepacs.platform import exposure
 from securepacs.plugin_config import PluginConfig
@@ -40,7 +40,7 @@ from securepacs.store import Clinic, Store, StoreError
 from securepacs.stored_check import StoredInstanceCheck
 from securepacs.stow import StowService
 from securepacs.studies import StudyList
-from securepacs.subjects import StudyRef, Subjects, patient_ids
+from securepacs.subjects import Subjects, patient_ids
 from securepacs.tenancy import Tenancy
 from securepacs.web import Request, Response
 from securepacs.webapp.service import WebApp
@@ -170,32 +170,43 @@ class SecurePacsApp:
         log.info("C-FIND at %s level by %r: %d answer(s)", level, calling_aet, len(answers))
         return [dicom_query.encode_answer(ds) for ds in answers]
 
-    def on_move(self, request: Mapping[str, str]) -> None:
+    def start_move(self, request: Mapping[str, str]) -> MoveOperation:
+        """Plan a C-MOVE (a refusal raises :class:`MoveRefused`, audited); the operation sends it when run."""
         caller = request.get("OriginatorAET") or "unknown"
         destination = self.audit.dicom_peer(request.get("TargetAET") or "unknown", None)
         requestor = dataclasses.replace(self.audit.dicom_peer(caller, None), is_requestor=True)
         level = (request.get("Level") or "").upper()
         # DICOM calls the level IMAGE; Orthanc passes INSTANCE.
         via = f"C-MOVE by {caller} at {'IMAGE' if level == 'INSTANCE' else level} level"
-        plan: MovePlan | None = None
-        studies: list[StudyRef] = []
         try:
             plan = self.moves.plan(request)
-            # The record names the studies the moved series/instances lie in, and their patients.
-            studies, _ = self.subjects.of_orthanc_ids(plan.resources)
-            destination, requestor = self._move_peers(plan, destination, requestor)
-            self.moves.send(plan, request)
         except MoveRefused as exc:
             log.warning("C-MOVE refused: %s", exc)
-            # Planned: the resolved studies. Refused while planning: only what the request itself said
-            # (nothing is resolved for resources that may be another clinic's).
-            named = ([s.uid for s in studies] if plan is not None else
-                     [uid for uid in (request.get("StudyInstanceUID") or "").split("\\") if uid.strip()])
+            # Refused while planning: only what the request itself said (nothing is resolved for resources
+            # that may be another clinic's).
+            named = [uid for uid in (request.get("StudyInstanceUID") or "").split("\\") if uid.strip()]
             self.audit.retrieved(destination, named, via=via, outcome=codes.OUTCOME_SERIOUS_FAILURE,
-                                 description=str(exc), others=[requestor], patient_ids=patient_ids(studies))
+                                 description=str(exc), others=[requestor], patient_ids=[])
             raise
-        self.audit.retrieved(destination, [s.uid for s in studies], via=via, patient_ids=patient_ids(studies),
-                             others=[requestor])
+        # The record names the studies the moved series/instances lie in, and their patients.
+        studies, _ = self.subjects.of_orthanc_ids(plan.resources)
+        destination, requestor = self._move_peers(plan, destination, requestor)
+
+        def transfer() -> int | None:
+            failed: int | None
+            try:
+                failed = self.moves.transfer(plan, request)
+                problem = f"C-MOVE to {plan.modality!r}: {failed} instance(s) failed" if failed else ""
+            except Exception as exc:  # Orthanc could not send (destination unreachable, job failed)
+                failed, problem = None, f"C-MOVE to {plan.modality!r} failed: {exc}"
+            if problem:
+                log.warning("C-MOVE refused: %s", problem)
+            outcome = codes.OUTCOME_SERIOUS_FAILURE if problem else codes.OUTCOME_SUCCESS
+            self.audit.retrieved(destination, [s.uid for s in studies], via=via, outcome=outcome,
+                                 description=problem or None, patient_ids=patient_ids(studies), others=[requestor])
+            return failed
+
+        return MoveOperation(plan, lambda: self.moves.instance_count(plan), transfer)
 
     def _move_peers(self, plan: MovePlan, destination: ActiveParticipant,
                     requestor: ActiveParticipant) -> tuple[ActiveParticipant, ActiveParticipant]:

@@ -24,6 +24,8 @@ from securepacs.audit.checkpoints import CHECKPOINTS_FILE
 from securepacs.gateway_account import ensure_gateway_account
 from securepacs.internal_pki import InternalPki
 from securepacs.pki import Pki
+from securepacs.platform import orthanc_binary, orthanc_options
+from securepacs.platform.orthanc_binary import OrthancBinary
 from securepacs.proxy_secret import ensure_proxy_secret, proxy_dir
 from securepacs.service_accounts import (
     GATEWAY_ACCOUNT,
@@ -186,9 +188,11 @@ def ensure_trail(path: Path, writers: pwd.struct_passwd | None) -> None:
         os.close(fd)
 
 
-def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str, Any]:
+def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path,
+                           binary: OrthancBinary | None = None) -> dict[str, Any]:
     internal = InternalPki(s.certs_dir)
-    return {
+    binary = binary or _binary()
+    config = {
         "DicomAet": s.aet,
         # Behind the gateway: clinics reach this port only through it (it trusts only the internal CA).
         "DicomPort": s.internal_dicom_port,
@@ -223,6 +227,16 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
             **({"InternalHop": "plain"} if s.internal_hop == "plain" else {}),
         },
     }
+    config.update(orthanc_options.runtime_options(binary, dicom_tls=s.internal_hop != "plain"))
+    config["DicomWeb"].update(orthanc_options.dicomweb_options(binary))
+    return config
+
+
+def _binary() -> OrthancBinary:
+    try:
+        return orthanc_binary.detect()
+    except orthanc_binary.OrthancBinaryError as exc:
+        raise DeployError(str(exc)) from None
 
 
 # SECUREPACS_INTERNAL_HOP=plain: Orthanc's DICOM port (and its C-MOVE associations to the gateway's egress
@@ -231,14 +245,16 @@ def orthanc_runtime_config(s: Settings, pki: Pki, storage_dir: Path) -> dict[str
 _PLAIN_HOP = {"DicomTlsEnabled": False, "DicomCheckModalityHost": True}
 
 
-def base_config_text(s: Settings) -> str:
+def base_config_text(s: Settings, binary: OrthancBinary | None = None) -> str:
     """``orthanc/orthanc.json`` as shipped; with the plain internal hop, its DICOM TLS keys changed in place
-    (Orthanc refuses a key that two files of its configuration directory both define)."""
+    (Orthanc refuses a key that two files of its configuration directory both define), and on Orthanc >=
+    1.13 ``OverwriteInstances`` in its new form (the same meaning: false is "Never")."""
     text = (ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8")
-    if s.internal_hop != "plain":
+    changes = {**(_PLAIN_HOP if s.internal_hop == "plain" else {}), **orthanc_options.base_changes(binary or _binary())}
+    if not changes:
         return text
     base = json.loads(text)
-    base.update(_PLAIN_HOP)
+    base.update(changes)
     return json.dumps(base, indent=2) + "\n"
 
 
@@ -351,13 +367,15 @@ def write_nginx(s: Settings, pki: Pki, users: ServiceUsers) -> Path:
     return nginx_conf
 
 
-def orthanc_env() -> dict[str, str]:
-    return {
+def orthanc_env(binary: OrthancBinary | None = None) -> dict[str, str]:
+    env = {
         # Debian's DCMTK leaves Nagle on: ~50 ms idle per C-STORE without this (measured 3.7x).
         "TCP_NODELAY": "1",
-        "OPENSSL_CONF": str(ORTHANC_DIR / "openssl.cnf"),
         "PYTHONPATH": os.pathsep.join([str(PLUGIN_SCRIPT.parent), sysconfig.get_paths()["purelib"]]),
     }
+    if orthanc_options.needs_openssl_conf(binary or _binary()):
+        env["OPENSSL_CONF"] = str(ORTHANC_DIR / "openssl.cnf")
+    return env
 
 
 def attach(s: Settings, component: str) -> Prepared:

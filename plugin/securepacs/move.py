@@ -4,6 +4,9 @@ Registering a move callback replaces Orthanc's C-MOVE SCP, so this resolves the 
 caller's studies only) and asks Orthanc to send the resources to the destination modality, which the
 modality sync registered with ``UseDicomTls``: the outbound association is TLS, verified against our CA.
 A refusal raises :class:`MoveRefused`; Orthanc then answers the C-MOVE with a failure status.
+
+:class:`MoveOperation` is one planned move as Orthanc drives it when the plugin can say how many
+sub-operations a move has (plugin >= 4.2, see ``adapter.register_move``): one per instance to send.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 from securepacs.modalities import PREFIX
@@ -111,6 +115,14 @@ class MoveService:
             resources.append(resource)
         return resources
 
+    def instance_count(self, plan: MovePlan) -> int:
+        """How many instances the plan sends: the move's sub-operations (PS3.4 C.4.2.1.4)."""
+        if plan.level == "Instance":
+            return len(plan.resources)
+        path = {"Study": "studies", "Series": "series"}[plan.level]
+        return sum(int(self._rest.get_json(f"/{path}/{resource}/statistics")["CountInstances"])
+                   for resource in plan.resources)
+
     def move(self, request: Mapping[str, str]) -> MovePlan:
         plan = self.plan(request)
         self.send(plan, request)
@@ -118,6 +130,12 @@ class MoveService:
 
     def send(self, plan: MovePlan, request: Mapping[str, str]) -> None:
         """Have Orthanc send the planned resources (the caller audits them: ``plan.resources``)."""
+        failed = self.transfer(plan, request)
+        if failed:
+            raise MoveRefused(f"C-MOVE to {plan.modality!r}: {failed} instance(s) failed")
+
+    def transfer(self, plan: MovePlan, request: Mapping[str, str]) -> int:
+        """Have Orthanc send the planned resources in one association; the number of instances that failed."""
         log.info("C-MOVE of %d %s resource(s) for clinic %r to %r", len(plan.resources), plan.level.lower(),
                  plan.clinic, plan.modality)
         job = self._rest.post_json(
@@ -125,5 +143,40 @@ class MoveService:
             {"Resources": list(plan.resources), "Synchronous": True, "MoveOriginatorAet": request.get("OriginatorAET"),
              "MoveOriginatorID": int(request.get("OriginatorID") or 0)},
         )
-        if isinstance(job, Mapping) and job.get("FailedInstancesCount"):
-            raise MoveRefused(f"C-MOVE to {plan.modality!r}: {job['FailedInstancesCount']} instance(s) failed")
+        return int(job.get("FailedInstancesCount") or 0) if isinstance(job, Mapping) else 0
+
+
+class MoveOperation:
+    """One admitted C-MOVE, ``count`` sub-operations long (the instances it sends).
+
+    Orthanc asks for the sub-operations one by one (``next``) and reports each as done or failed. The
+    first one sends everything, in one association to the destination (one per instance would cost a TLS
+    handshake each); the answers to it and the following ones then say, in order, how many arrived and
+    how many failed, so the final response carries the right counts.
+    """
+
+    def __init__(self, plan: MovePlan, count: Callable[[], int], transfer: Callable[[], int | None]):
+        self.plan = plan
+        self._count = count
+        self._transfer = transfer
+        self._failed: int | None = None
+        self._done = 0
+
+    @cached_property
+    def count(self) -> int:
+        return self._count()
+
+    def run(self) -> int:
+        """Send the planned instances (once); how many failed, or -1 when the whole transfer failed."""
+        if self._failed is None:
+            failed = self._transfer()
+            self._failed = -1 if failed is None else failed
+        return self._failed
+
+    def next(self) -> bool:
+        """One sub-operation: True if its instance reached the destination."""
+        failed = self.run()
+        self._done += 1
+        if failed < 0:
+            return False
+        return self._done <= self.count - min(failed, self.count)

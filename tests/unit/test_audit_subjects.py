@@ -184,7 +184,8 @@ def test_an_orthanc_error_is_passed_on_as_its_http_status(app: SecurePacsApp, re
 def test_a_move_below_study_level_names_the_study_its_patient_and_both_peers(
         app: SecurePacsApp, north: dict[str, str], level: str, key: str) -> None:
     uid_key = {"SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}[level]
-    app.on_move({"OriginatorAET": "NORTH_MR", "TargetAET": "NORTH_CT", "Level": level, uid_key: north[key]})
+    assert app.start_move({"OriginatorAET": "NORTH_MR", "TargetAET": "NORTH_CT", "Level": level,
+                           uid_key: north[key]}).run() == 0
     record = records(app)[-1]
     assert (record["event"]["code"], record["action"], record["outcome"]) == ("110104", "R", 0)
     assert objects(record) == {north["study_uid"], north["patient"]}
@@ -197,7 +198,7 @@ def test_a_move_below_study_level_names_the_study_its_patient_and_both_peers(
 
 def test_a_refused_move_names_only_what_the_request_said(app: SecurePacsApp, north: dict[str, str]) -> None:
     with pytest.raises(MoveRefused):
-        app.on_move({"OriginatorAET": "NORTH_CT", "TargetAET": "ELSEWHERE", "Level": "SERIES",
+        app.start_move({"OriginatorAET": "NORTH_CT", "TargetAET": "ELSEWHERE", "Level": "SERIES",
                      "SeriesInstanceUID": north["series_uid"]})
     record = records(app)[-1]
     assert record["event"]["code"] == "110104" and record["outcome"] == 8 and objects(record) == set()

@@ -13,7 +13,7 @@ from _dicom import element, encode, insert_before
 from securepacs import dicom_status
 from securepacs.auditing import Auditor
 from securepacs.identity import ADMIN, CLINIC_DEVICE, Principal
-from securepacs.move import MoveRefused, MoveService
+from securepacs.move import MoveOperation, MovePlan, MoveRefused, MoveService
 from securepacs.store import Store
 from securepacs.stow import StowService
 from securepacs.synth import StudySpec, instance
@@ -264,3 +264,22 @@ def test_stow_refuses_a_part_whose_identifiers_are_repeated(world, trail, events
     assert details["clinic"] == "north" and details["study_uid"] == SOUTH.study_uid  # the copy Orthanc keeps
     [record] = store_records(trail)
     assert record["details"]["status"] == "0xC000" and "repeated" in record["outcome_description"]
+
+
+@pytest.mark.parametrize(("failed", "answers"), [(0, [True, True, True]), (1, [True, True, False]),
+                                                 (None, [False, False, False]), (5, [False, False, False])])
+def test_a_move_operation_sends_once_and_answers_each_sub_operation(failed: int | None, answers: list[bool]) -> None:
+    plan = MovePlan("north", "sp-north-1", "Study", ("study-id",))
+    transfers: list[int] = []
+    operation = MoveOperation(plan, lambda: 3, lambda: transfers.append(1) or failed)  # type: ignore[func-returns-value]
+    assert operation.count == 3
+    assert [operation.next() for _ in range(3)] == answers
+    assert transfers == [1]  # everything in the first sub-operation's association
+
+
+def test_a_moves_sub_operations_are_its_instances(world) -> None:
+    _, fake, moves, _ = world
+    counts = {f"/studies/{N_STUDY}/statistics": {"CountInstances": 7}}
+    fake.get_json = lambda uri: counts[uri]  # type: ignore[method-assign]
+    assert moves.instance_count(moves.plan(req(StudyInstanceUID=NORTH.study_uid))) == 7
+    assert moves.instance_count(MovePlan("north", "sp-north-1", "Instance", ("a", "b"))) == 2

@@ -323,18 +323,56 @@ def test_find_handler_errors_reach_orthanc(adapter: ModuleType, orthanc: Orthanc
     assert answers.answers == []
 
 
+class FakeOperation:
+    """What app.start_move returns: ``count`` sub-operations, of which the last ``failed`` fail."""
+
+    def __init__(self, count: int, failed: int = 0) -> None:
+        self.count, self.failed, self.done, self.runs = count, failed, 0, 0
+
+    def run(self) -> int:
+        self.runs += 1
+        return self.failed
+
+    def next(self) -> bool:
+        self.done += 1
+        return self.done <= self.count - self.failed
+
+
+class FakeConnection:
+    """orthanc.DicomConnection (plugin >= 7.0): the association a C-FIND/C-MOVE arrived on."""
+
+    def GetConnectionRemoteAet(self) -> str:
+        return "NORTH_CT"
+
+    def GetConnectionCalledAet(self) -> str:
+        return "SECUREPACS"
+
+    def GetConnectionRemoteIp(self) -> str:
+        return "127.0.0.1"
+
+
+MOVE_KWARGS = {"Level": "STUDY", "PatientID": None, "AccessionNumber": "", "StudyInstanceUID": "1.2.3",
+               "SeriesInstanceUID": None, "SOPInstanceUID": None, "TargetAET": "NORTH_WS", "OriginatorID": 7}
+MOVE_REQUEST = {"Level": "STUDY", "PatientID": "", "AccessionNumber": "", "StudyInstanceUID": "1.2.3",
+                "SeriesInstanceUID": "", "SOPInstanceUID": "", "OriginatorAET": "NORTH_CT", "SourceAET": "SECUREPACS",
+                "TargetAET": "NORTH_WS", "OriginatorID": "7"}
+
+
 def test_move_passes_every_argument_as_str(adapter: ModuleType, orthanc: OrthancStub) -> None:
     seen: list[dict[str, str]] = []
-    adapter.register_move(lambda request: seen.append(dict(request)))
+    operation = FakeOperation(3)
+
+    def start(request: Any) -> FakeOperation:
+        seen.append(dict(request))
+        return operation
+
+    adapter.register_move(start)
     [callback] = orthanc.move_callbacks
-    # Orthanc's Python plugin passes these keyword arguments; OriginatorID is an int, absent tags None.
-    callback(Level="STUDY", PatientID=None, AccessionNumber="", StudyInstanceUID="1.2.3", SeriesInstanceUID=None,
-             SOPInstanceUID=None, OriginatorAET="NORTH_CT", SourceAET="SECUREPACS", TargetAET="NORTH_WS",
-             OriginatorID=7)
-    assert seen == [{"Level": "STUDY", "PatientID": "", "AccessionNumber": "", "StudyInstanceUID": "1.2.3",
-                     "SeriesInstanceUID": "", "SOPInstanceUID": "", "OriginatorAET": "NORTH_CT",
-                     "SourceAET": "SECUREPACS", "TargetAET": "NORTH_WS", "OriginatorID": "7"}]
+    # Plugin 4.0 passes these keyword arguments; OriginatorID is an int, absent tags None.
+    callback(**MOVE_KWARGS, OriginatorAET="NORTH_CT", SourceAET="SECUREPACS")
+    assert seen == [MOVE_REQUEST]
     assert all(isinstance(v, str) for v in seen[0].values())
+    assert operation.runs == 1  # plugin 4.0: the whole move in the one callback
 
 
 def test_move_handler_errors_reach_orthanc(adapter: ModuleType, orthanc: OrthancStub) -> None:
@@ -344,6 +382,83 @@ def test_move_handler_errors_reach_orthanc(adapter: ModuleType, orthanc: Orthanc
     adapter.register_move(refuse)
     with pytest.raises(RuntimeError, match="not the clinic's"):
         orthanc.move_callbacks[0](Level="STUDY", OriginatorAET="EVIL")
+
+
+def test_plugin_4_0_fails_the_move_when_instances_failed(adapter: ModuleType, orthanc: OrthancStub) -> None:
+    adapter.register_move(lambda _: FakeOperation(4, failed=1))
+    with pytest.raises(MoveRefused, match="1 instance"):
+        orthanc.move_callbacks[0](**MOVE_KWARGS, OriginatorAET="NORTH_CT", SourceAET="SECUREPACS")
+
+
+def _move_callbacks(orthanc: OrthancStub, monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[Any, ...]]:
+    """Make the stub offer ``name`` (plugin 4.2: RegisterMoveCallback2, 7.0: RegisterMoveCallback3)."""
+    registered: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(orthanc, name, lambda *callbacks: registered.append(callbacks), raising=False)
+    return registered
+
+
+@pytest.mark.parametrize("name", ["RegisterMoveCallback3", "RegisterMoveCallback2"])
+def test_newer_plugins_drive_one_sub_operation_per_instance(adapter: ModuleType, orthanc: OrthancStub,
+                                                            monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    if name == "RegisterMoveCallback3":
+        _move_callbacks(orthanc, monkeypatch, "RegisterMoveCallback2")  # 7.1 has both: the newest is used
+    registered = _move_callbacks(orthanc, monkeypatch, name)
+    seen: list[dict[str, str]] = []
+    operation = FakeOperation(3, failed=1)
+    adapter.register_move(lambda request: seen.append(dict(request)) or operation)
+    assert orthanc.move_callbacks == []  # not the legacy callback
+    [(create, size, apply, free)] = registered
+    if name == "RegisterMoveCallback3":  # the AE titles come from the association
+        driver = create(FakeConnection(), **MOVE_KWARGS)
+    else:
+        driver = create(**MOVE_KWARGS, OriginatorAET="NORTH_CT", SourceAET="SECUREPACS")
+    assert seen == [MOVE_REQUEST]
+    assert driver is operation and size(driver) == 3
+    apply(driver)
+    apply(driver)
+    with pytest.raises(adapter.MoveSubOperationFailed) as failed:
+        apply(driver)  # the third instance failed: Orthanc counts a failed sub-operation
+    assert failed.value.__traceback__ is None or failed.value.__traceback__.tb_next is None
+    free(driver)
+
+
+def test_a_refused_move_leaves_the_callback_without_its_frames(adapter: ModuleType, orthanc: OrthancStub,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Orthanc answers 0xC000 when the create callback raises; the plugin logs the exception with its
+    # traceback. An expected refusal leaves only its class and message (the app logged why).
+    registered = _move_callbacks(orthanc, monkeypatch, "RegisterMoveCallback3")
+
+    def refuse(_: Any) -> None:
+        raise MoveRefused("move destination 'X' is not registered to clinic 'north'")
+
+    adapter.register_move(refuse)
+    create = registered[0][0]
+    with pytest.raises(MoveRefused) as refused:
+        create(FakeConnection(), **MOVE_KWARGS)
+    # Only this test's own frame (the caller; in Orthanc the caller is C and adds none).
+    assert refused.value.__traceback__ is not None and refused.value.__traceback__.tb_next is None
+
+    def broken(_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(orthanc, "RegisterMoveCallback3", lambda *callbacks: registered.append(callbacks))
+    adapter.register_move(broken)
+    with pytest.raises(RuntimeError) as bug:
+        registered[-1][0](FakeConnection(), **MOVE_KWARGS)
+    assert bug.value.__traceback__.tb_next is not None  # a bug keeps its traceback
+
+
+def test_find_reads_the_ae_titles_from_the_association_on_plugin_7(adapter: ModuleType, orthanc: OrthancStub,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    registered: list[Any] = []
+    monkeypatch.setattr(orthanc, "RegisterFindCallback2", registered.append, raising=False)
+    seen: list[tuple[Any, ...]] = []
+    adapter.register_find(lambda items, calling, called: seen.append((items, calling, called)) or [b"answer"])
+    assert orthanc.find_callbacks == []
+    answers = FakeFindAnswers()
+    items = [(0x0008, 0x0052, "STUDY")]
+    registered[0](answers, FakeFindQuery(items), FakeConnection())
+    assert seen == [(items, "NORTH_CT", "SECUREPACS")] and answers.answers == [b"answer"]
 
 
 @pytest.mark.parametrize("status", [dicom_status.SUCCESS, dicom_status.REFUSED_NOT_AUTHORIZED, 0xA700])

@@ -332,7 +332,7 @@ def test_move_from_an_unknown_aet_is_refused_and_logged(app: SecurePacsApp, capl
     request = {"Level": "STUDY", "StudyInstanceUID": SPEC.study_uid, "OriginatorAET": "EVIL_CT",
                "TargetAET": "EVIL_CT", "OriginatorID": "1"}
     with pytest.raises(MoveRefused):
-        app.on_move(request)
+        app.start_move(request)
     assert "C-MOVE refused: calling AE title 'EVIL_CT' is not an enrolled clinic" in caplog.text
 
 
