@@ -5,5 +5,6 @@
 configuration, /proc accounting), ``configs``/``fullstack`` (start and stop them), ``plan`` (which cells),
 ``clients`` (storescu and our client, one timed run), ``probes`` (handshakes, association set-up, the
 gateway's many-association memory run), ``model`` (results and statistics), ``report``/``gateway_report``/
-``fmt`` (Markdown + PNG plots) and ``machine`` (what it ran on).
+``platform_report``/``fmt`` (Markdown + PNG plots), ``machine`` (what it ran on) and ``image`` (the same
+configurations in a container of the image: the platform axis, native Orthanc vs the image's).
 """

@@ -17,6 +17,9 @@ from securepacs.bench.model import Cell, Run
 from securepacs.bench.server import Running, cpu_seconds, status_kb
 
 SECUREPACS = Path(sys.executable).with_name("securepacs")
+# DCMTK's, by path: pynetdicom installs a `storescu` of its own into the venv's bin, first on PATH in the image
+# (and wherever the venv is activated), which takes other options.
+STORESCU = "/usr/bin/storescu" if os.access("/usr/bin/storescu", os.X_OK) else "storescu"
 
 
 def _split(files: list[Path], n: int) -> list[list[Path]]:
@@ -55,7 +58,7 @@ def client_commands(cell: Cell, run: Running, files: list[Path], data_dir: Path,
         if creds and cell.tls:
             tls_args = ["+tls", str(creds.key), str(creds.cert), "+cf", str(creds.ca)]
             env["OPENSSL_CONF"] = str(openssl_pin(workdir, cell.tls))
-        base = ["storescu", "-aet", BENCH_AET, "-aec", SERVER_AET, *tls_args, "127.0.0.1", str(run.dicom_port)]
+        base = [STORESCU, "-aet", BENCH_AET, "-aec", SERVER_AET, *tls_args, "127.0.0.1", str(run.dicom_port)]
         return [[*base, *map(str, chunk)] for chunk in _split(files, cell.parallel)], env
     tls_args = (["--cert", str(creds.cert), "--key", str(creds.key), "--ca", str(creds.ca),
                  "--tls-version", cell.tls] if creds and cell.tls else ["--no-tls"])

@@ -65,7 +65,9 @@ def describe() -> dict[str, str]:
     import pynetdicom
 
     orthanc = _first_match(r"Orthanc\s+(\S+)", _run(["Orthanc", "--version"]))
-    storescu = _first_match(r"\$dcmtk: storescu v(\S+)", _run(["storescu", "--version"]))
+    from securepacs.bench.clients import STORESCU
+
+    storescu = _first_match(r"\$dcmtk: storescu v(\S+)", _run([STORESCU, "--version"]))
     return {
         "CPU": _cpu_model(),
         "Cores": str(os.cpu_count() or "unknown"),

@@ -1,6 +1,6 @@
 """What the benchmark measures: data sets, cells, runs and results, plus the statistics on them.
 
-A cell is one (data set, configuration, client, TLS version, associations, client TCP_NODELAY). Every
+A cell is one (data set, configuration, client, TLS version, associations, client TCP_NODELAY, platform). Every
 round runs every cell once, in the same order (A B C ... A B C ...), so slow drift of the machine hits all
 cells alike, and ratios are computed run by run from the same round before taking their median.
 """
@@ -38,6 +38,10 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+NATIVE, IMAGE = "native", "image"
+PLATFORMS = (NATIVE, IMAGE)
+
+
 @dataclass(frozen=True)
 class Cell:
     dataset: str
@@ -46,12 +50,19 @@ class Cell:
     parallel: int = 1
     tls: str | None = None  # "1.2" | "1.3" on TLS configurations
     nodelay: bool = True  # client-side TCP_NODELAY (ours always sets it)
+    # Where the servers run: this host's Orthanc (NATIVE) or the image's (IMAGE), the same clients on the host.
+    platform: str = "native"
+
+    @property
+    def server(self) -> str:
+        """The started configuration this cell runs against: "d" natively, "d@image" in the image."""
+        return self.config if self.platform == NATIVE else f"{self.config}@{self.platform}"
 
     @property
     def label(self) -> str:
         client = self.client if self.client == "ours" else ("storescu" if self.nodelay else "storescu-nagle")
         tls = f" TLS{self.tls}" if self.tls else ""
-        return f"{self.config}: {client}{tls} x{self.parallel}"
+        return f"{self.server}: {client}{tls} x{self.parallel}"
 
 
 @dataclass
@@ -126,6 +137,8 @@ class Results:
     storescu_tls_note: str = ""
     started: str = ""
     wall_seconds: float = 0.0
+    image: str = ""  # the image platform's image tag, when it ran
+    image_machine: dict[str, str] = field(default_factory=dict)  # machine.describe() inside the container
 
     def result(self, cell: Cell) -> CellResult | None:
         return next((c for c in self.cells if c.cell == cell), None)

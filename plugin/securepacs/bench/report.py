@@ -6,9 +6,10 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from securepacs.bench import gateway_report
+from securepacs.bench import gateway_report, platform_report
 from securepacs.bench.fmt import Target, fmt_stats, mb, ratio_target, table
-from securepacs.bench.model import Cell, CellResult, Results, p95, paired_ratios
+from securepacs.bench.model import NATIVE, Cell, CellResult, Results, p95, paired_ratios
+from securepacs.bench.plan import reference_cell
 from securepacs.bench.specs import SPECS
 
 SEED_PLAIN_S, SEED_TLS_S = 7.0, 9.0
@@ -21,9 +22,8 @@ def main_dataset(results: Results) -> str:
     return "ct" if "ct" in keys else keys[0]
 
 
-def reference_cell(ds: str, key: str) -> Cell:
-    """Per configuration: storescu with TCP_NODELAY on one association (TLS 1.3 where TLS)."""
-    return Cell(ds, key, "storescu", tls="1.3" if SPECS[key].tls else None)
+def reference_cells(ds: str) -> dict[str, Cell]:
+    return {key: reference_cell(ds, key) for key in SPECS}
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -162,7 +162,10 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
             hi.append(max(ips) - m)
             cols.append(colors.get(cr.cell.config, "#333333"))
         y = range(len(labels))
-        ax.barh(list(y), med, xerr=[lo, hi], color=cols, capsize=3)
+        bars = ax.barh(list(y), med, xerr=[lo, hi], color=cols, capsize=3)
+        for bar, cr in zip(bars, crs, strict=True):
+            if cr.cell.platform != NATIVE:
+                bar.set_hatch("//")  # the image's servers (label "...@image")
         ax.set_yticks(list(y), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("instances/s (median, min–max; wall clock incl. client start-up)")
@@ -216,7 +219,8 @@ def _plots(results: Results, out: Path) -> list[tuple[str, str]]:
         fig.savefig(out / "handshake.png", dpi=110)
         plt.close(fig)
         made.append(("handshake.png", "TLS handshake"))
-    return made
+    ds = main_dataset(results)
+    return made + platform_report.plot(results, ds, reference_cells(ds), out)
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -232,7 +236,7 @@ def _cell_row(cr: CellResult, n_files: int, size: int) -> list[str]:
     own = [r.client_seconds for r in runs if r.client_seconds]
     gw_cpu = [r.gateway_cpu for r in runs if r.gateway_cpu is not None]
     return [
-        f"{c.config}", client, c.tls or "plain", str(c.parallel), nodelay, fmt_stats(secs), ips, mbs,
+        c.server, client, c.tls or "plain", str(c.parallel), nodelay, fmt_stats(secs), ips, mbs,
         fmt_stats([r.server_cpu for r in runs]),
         fmt_stats([mb(r.server_rss_peak_kb) for r in runs], "{:.0f}"),
         fmt_stats(gw_cpu) if gw_cpu else "–",
@@ -304,6 +308,7 @@ def render(results: Results, plots: list[tuple[str, str]]) -> str:
                     [["not measured", "–", "–", "–", f"{SEED_RATIO:.2f}×"]])
 
     lines += gateway_report.section(results, ds_main)
+    lines += platform_report.section(results, ds_main, reference_cells(ds_main))
 
     lines += ["", "## Ratios (run by run, same round, then median)", ""]
     lines += table(["Data set", "Ratio of times", "Median (min–max)"],

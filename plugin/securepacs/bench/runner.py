@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from securepacs import synth
-from securepacs.bench import clients, configs, machine, probes
+from securepacs.bench import clients, configs, image, machine, probes
 from securepacs.bench.common import BenchPki
-from securepacs.bench.model import DATASETS, CellResult, Results
+from securepacs.bench.model import DATASETS, IMAGE, NATIVE, CellResult, Results
 from securepacs.bench.plan import plan
 from securepacs.bench.server import Running, status_kb
 from securepacs.bench.specs import SPECS
@@ -31,6 +31,8 @@ class Options:
     keep: bool = False
     handshakes: int | None = None
     echo_associations: int | None = None
+    platforms: Sequence[str] = (NATIVE,)
+    image: str = "securepacs:latest"  # the image platform's image (compose's default tag)
 
 
 def _workdir(parent: Path | None) -> Path:
@@ -66,10 +68,10 @@ def _rounds(results: Results, running: dict[str, Running], files_by_ds: dict[str
         for cr in results.cells:
             c = cr.cell
             folder, paths = files_by_ds[c.dataset]
-            srv = running[c.config]
-            if c.config in dead:
+            srv = running[c.server]
+            if c.server in dead:
                 cr.runs.append(None)
-                cr.errors.append(dead[c.config])
+                cr.errors.append(dead[c.server])
                 continue
             try:
                 r = clients.run_cell(c, srv, paths, folder, workdir)
@@ -83,7 +85,7 @@ def _rounds(results: Results, running: dict[str, Running], files_by_ds: dict[str
                         if other.proc is srv.proc:
                             dead[key] = f"configuration {key} died ({srv.exit_status()})"
                             results.server_hwm_kb.setdefault(key, 0)
-                    log(f"bench: {dead[c.config]}:\n{srv.log_tail(1500)}")
+                    log(f"bench: {dead[c.server]}:\n{srv.log_tail(1500)}")
                 continue
             cr.runs.append(r)
             gw = f"  gateway cpu {r.gateway_cpu:5.2f} s" if r.gateway_cpu is not None else ""
@@ -105,26 +107,41 @@ def _gateway_memory(results: Results, d: Running, options: Options, log: Callabl
 def run(options: Options, log: Callable[[str], None] = print) -> Results:
     started = time.time()
     rounds = options.rounds or (2 if options.quick else 5)
-    cells = plan(options.quick, options.datasets, options.configs)
+    cells = plan(options.quick, options.datasets, options.configs, options.platforms)
     needed = [k for k in SPECS if any(c.config == k for c in cells)]
     results = Results(quick=options.quick, rounds=rounds, machine=machine.describe(), datasets={},
                       cells=[CellResult(c) for c in cells],
                       started=time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)))
+    load_before = os.getloadavg()
     workdir = _workdir(options.workdir_parent)
     log(f"bench: work directory {workdir}")
     running: dict[str, Running] = {}
+    stack: image.ImageStack | None = None
     try:
+        t0 = time.monotonic()
+        if IMAGE in options.platforms:
+            # The container starts its configurations while the data is generated and the native ones start.
+            stack = image.launch(options.image, needed, workdir)
         pki = BenchPki(workdir / "certs")
         pki.ensure()
         files_by_ds = _generate(results, workdir, log)
 
-        def started_one(srv: Running, seconds: float) -> None:
-            results.server_idle_rss_kb[srv.spec.key] = srv.rss_kb()
+        def started_one(srv: Running, seconds: float, key: str | None = None) -> None:
+            key = key or srv.spec.key  # "d@image" for the image's
+            results.server_idle_rss_kb[key] = srv.rss_kb()
             via = f", gateway pid {srv.gateway_pid}" if srv.gateway_pid else ""
-            log(f"bench: configuration {srv.spec.key} ({srv.spec.name}) up on DICOM port {srv.dicom_port}{via} "
+            log(f"bench: configuration {key} ({srv.spec.name}) up on DICOM port {srv.dicom_port}{via} "
                 f"in {seconds:.1f} s")
 
-        running.update(configs.start_all(needed, workdir, pki, on_started=started_one))
+        if NATIVE in options.platforms:
+            running.update(configs.start_all(needed, workdir, pki, on_started=started_one))
+        if stack is not None:
+            image.ready(stack, log)
+            running.update(stack.running)
+            results.image = options.image
+            results.image_machine = stack.machine
+            for key, srv in stack.running.items():
+                started_one(srv, time.monotonic() - t0, key)
         d = running.get("d")
         if d is not None and d.gateway is not None:
             results.gateway.command = shlex.join(str(a) for a in d.gateway.args)
@@ -132,7 +149,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
             results.gateway.pace_per_s = probes.PACE_PER_S
         # TLS handshake and association set-up, per TLS configuration and version, interleaved.
         n_hs = options.handshakes or (10 if options.quick else 40)
-        tls_runs = {k: r for k, r in running.items() if SPECS[k].tls}
+        tls_runs = {k: r for k, r in running.items() if r.spec.tls}
         results.handshake_ms, results.association_ms = probes.connection_timings(tls_runs, ("1.2", "1.3"), n_hs,
                                                                                  log)
         if tls_runs:
@@ -153,9 +170,17 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
                 srv.stop()
             except Exception as exc:
                 log(f"bench: stopping {srv.spec.key} failed: {exc}")
+        if stack is not None:
+            try:
+                stack.stop()
+            except Exception as exc:
+                log(f"bench: stopping the image's configurations failed: {exc}")
         if options.keep:
             log(f"bench: kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     results.wall_seconds = time.time() - started
+    # Other work on this machine shows in the spread; the report says how loaded it was.
+    results.machine["Load average (1/5/15 min) at start / end"] = (
+        f"{' '.join(f'{v:.2f}' for v in load_before)} / {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -15,7 +16,7 @@ EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from securepacs.bench.model import DATASETS
+    from securepacs.bench.model import DATASETS, PLATFORMS
 
     p = subparsers.add_parser(
         "bench",
@@ -25,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "through the gateway, e Orthanc native TLS without plugin, f d's Orthanc reached directly, g f without "
             "the audit trail) on free "
             "loopback ports, send the same deterministic data with DCMTK storescu and our client, measure "
-            "handshakes and the gateway's memory, and write report.md + PNG plots to --output."
+            "handshakes and the gateway's memory, and write report.md + PNG plots to --output. By default every "
+            "configuration runs twice, on this host's Orthanc and in a container of --image, side by side."
         ),
     )
     p.add_argument("--quick", action="store_true",
@@ -43,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where data and Orthanc storage go (default a fresh dir under /dev/shm)")
     p.add_argument("--echo-associations", type=positive_int, metavar="N",
                    help="sequential echo associations through the gateway for its memory (default 1000, quick 60)")
+    p.add_argument("--platforms", nargs="+", choices=PLATFORMS, default=list(PLATFORMS), metavar="NAME",
+                   help="where the servers run: native (this host's Orthanc) and/or image (the same configurations "
+                        "in a container of --image, host network); default both, side by side")
+    p.add_argument("--image", default=os.environ.get("SECUREPACS_IMAGE", "securepacs:latest"), metavar="TAG",
+                   help="the image platform's image (default $SECUREPACS_IMAGE or securepacs:latest, compose's tag)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (data, logs) afterwards")
     p.set_defaults(func=run)
 
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     options = runner.Options(quick=args.quick, rounds=args.rounds, datasets=args.datasets,
                              configs=tuple(args.configs), workdir_parent=args.workdir, keep=args.keep,
-                             echo_associations=args.echo_associations)
+                             echo_associations=args.echo_associations, platforms=tuple(args.platforms),
+                             image=args.image)
     try:
         results = runner.run(options, log=log)
     except Exception as exc:
