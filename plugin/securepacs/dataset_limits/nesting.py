@@ -170,6 +170,8 @@ class NestingScanner:
             peek = bytes(buf[i + size : i + size + 4])
         if frame.limit is not None and self._pos + size > frame.limit:
             raise Malformed(f"a header at byte {self._pos} crosses the end of its enclosing item or sequence")
+        if frame.kind != _DATASET and tag not in (ITEM, SEQUENCE_DELIMITATION):
+            raise Malformed(f"({group:04X},{element:04X}) where a sequence item belongs")
         self._pos += size
         defined = length != UNDEFINED_LENGTH
         if defined and frame.limit is not None and self._pos + length > frame.limit:
