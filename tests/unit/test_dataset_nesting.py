@@ -224,3 +224,11 @@ def test_every_other_transfer_syntax_is_explicit_little_endian() -> None:
     jpeg = "1.2.840.10008.1.2.4.50"
     assert isinstance(scanner_for(jpeg), nesting.NestingScanner)
     assert scan(_pixels(), jpeg, max_depth=1) == 1
+
+
+def test_a_deflated_file_is_inflated_and_checked() -> None:
+    assert part10.check_file(samples.nested_file(4, syntax=DEFLATED_EXPLICIT_VR_LE, **IDS)) == 4
+    deep = samples.nested_file(200_000, syntax=DEFLATED_EXPLICIT_VR_LE, **IDS)
+    assert len(deep) < 100_000
+    with pytest.raises(TooDeep):
+        part10.check_file(deep)
