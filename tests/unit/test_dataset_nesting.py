@@ -232,3 +232,10 @@ def test_a_deflated_file_is_inflated_and_checked() -> None:
     assert len(deep) < 100_000
     with pytest.raises(TooDeep):
         part10.check_file(deep)
+
+
+def test_a_truncated_file_is_not_refused_for_its_end() -> None:
+    data = samples.nested_file(5, **IDS)
+    assert part10.check_file(data[:-20]) == 5
+    with pytest.raises(TooDeep):
+        part10.check_file(samples.nested_file(MAX_DEPTH + 1, **IDS)[:-20])

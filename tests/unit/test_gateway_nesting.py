@@ -117,3 +117,11 @@ def test_a_refused_c_store_sharing_a_pdu_with_another_message_aborts() -> None:
     echo = command(0x0030, 12, sop_class=VERIFICATION, has_data=False)
     shared = pdata((ECHO_CX, 0x03, echo), (CT_CX, 0x03, store_rq()), (CT_CX, 0x02, samples.nested_dataset(40)))
     assert feed(inspector, [shared]) == [Action(close=True)]
+
+
+def test_a_truncated_c_store_data_set_is_left_to_the_archive() -> None:
+    # It nests no deeper than its bytes: as before the guard, the archive decides what to make of it.
+    inspector, _, events = make()
+    pdus = message(CT_CX, store_rq(), samples.nested_dataset(5)[:-20], size=64)
+    actions = feed(inspector, pdus)
+    assert forwarded(actions) == pdus and not replied(actions) and events == []

@@ -20,9 +20,10 @@ recursion. It reads sequences where DCMTK does, and errs on the side of reading 
 * explicit VR UN of defined length is opaque: DCMTK does not look inside (unknown-VR conversion is off).
 
 A structure that does not add up (a child longer than its parent, an item outside a sequence, a
-delimiter where none belongs, a data set that ends inside an element) is refused too: whatever another
-parser makes of it, we cannot vouch for its depth. Real-world objects nest rarely beyond ~8 levels
-(e.g. RT Structure Sets, SR content trees); the limit is far above that and far below a stack's reach.
+delimiter where none belongs) is refused too: whatever another parser makes of it, we cannot vouch for the
+depth of what follows. A data set that merely ends early is not (``finish`` tells, for those who ask).
+Real-world objects nest rarely beyond ~8 levels (e.g. RT Structure Sets, SR content trees); the limit is
+far above that and far below a stack's reach.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ class NestingScanner:
             i = used
 
     def finish(self) -> None:
-        """The data set ended: it must not end inside an element, an item or a sequence."""
+        """The data set ended: it must not end inside an element, an item or a sequence. For callers that
+        need a complete structure; the guards do not (a truncated data set nests no deeper than its bytes)."""
         if self._pending or self._skip:
             raise Malformed(f"the data set ends inside an element (at byte {self._pos})")
         if len(self._stack) > 1:

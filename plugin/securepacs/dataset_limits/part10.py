@@ -62,5 +62,6 @@ def check_file(data: bytes | memoryview, max_depth: int = MAX_DEPTH) -> int:
     scanner = scanner_for(syntax, max_depth)
     for offset in range(start, len(view), _FEED):
         scanner.feed(view[offset : offset + _FEED])
-    scanner.finish()
+    # Not ``finish()``: a truncated file nests no deeper than what was scanned; whether it is complete is
+    # for the readers after us to judge (tenancy's, Orthanc's), as before this check existed.
     return scanner.deepest

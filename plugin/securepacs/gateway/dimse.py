@@ -214,7 +214,7 @@ class CGetInspector:
                     raise CommandError("a command fragment inside a data set")
                 if current.is_get:
                     current.add_identifier(pdv.data)
-                current.scan(pdv.data, pdv.is_last)
+                current.scan(pdv.data)
                 if pdv.is_last:
                     current.done, current = True, None
         self._current = current

@@ -33,13 +33,13 @@ class Message:
         self.refusal: str | None = None  # why its data set must not reach the archive
         self.reported = False
 
-    def scan(self, fragment: memoryview, last: bool) -> None:
+    def scan(self, fragment: memoryview) -> None:
         if self.scanner is None or self.refusal is not None:
             return
         try:
+            # No ``finish()`` at the last fragment: a truncated data set nests no deeper than what was
+            # scanned, so whether it is complete is the archive's to judge, as before.
             self.scanner.feed(fragment)
-            if last:
-                self.scanner.finish()
         except NestingError as exc:
             self.refusal = str(exc)
 
