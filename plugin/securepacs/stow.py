@@ -9,6 +9,10 @@ the ID in its answer proves which ones it used: an ID other than the admitted id
 read the part differently from us, and the instance is removed again and refused. Each part gets its own
 audit record (who, which instance, outcome), written before Orthanc stores it, and another if Orthanc then
 fails or files it elsewhere.
+
+Before anything parses a part (our tenancy reader, or DCMTK inside Orthanc), its sequence nesting is
+checked on the bytes (``securepacs.dataset_limits``): a part nested too deeply for DCMTK's recursive
+parser (CVE-2026-10528) is refused with 0xC000 (Cannot understand), for admins too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any, Protocol
 
 from securepacs import dicom_status
 from securepacs.auditing import Auditor
+from securepacs.dataset_limits.nesting import NestingError
+from securepacs.dataset_limits.part10 import check_file
 from securepacs.identity import Principal
 from securepacs.tenancy import ORTHANC_ID_PATTERN, Admission, InstanceIds, NotDicom, Tenancy, read_ids
 from securepacs.web import Request, Response
@@ -118,6 +124,13 @@ class StowService:
             self._audit.stored(principal.name, principal.clinic, ids, status, reason, requestor=requestor)
             return status, ids
 
+        try:
+            check_file(part)
+        except NestingError as exc:
+            reason = f"refused before parsing: {exc}"
+            log.warning("STOW-RS by %r: a part refused before parsing: %s", principal.name, exc)
+            self._on_event("dataset-nesting-refused", {"clinic": principal.clinic, "source": source, "reason": reason})
+            return record(dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, None, reason)
         # Admins upload unattributed: such studies are visible to admins only.
         admission = (self._tenancy.admit(part, principal.clinic, source) if principal.clinic is not None
                      else _read(part))

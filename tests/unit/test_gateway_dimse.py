@@ -349,7 +349,8 @@ def test_c_echo_and_c_find_pass_at_once_without_a_check() -> None:
 def test_large_c_store_flows_through_unbuffered() -> None:
     inspector, archive, _ = make()
     cmd = command(0x0001, sop_class=CT_IMAGE, Priority=0, AffectedSOPInstanceUID="1.2.3.4")
-    data = bytes(range(256)) * (24 * 1024 * 4)  # 24 MiB
+    value = bytes(range(256)) * (24 * 1024 * 4)  # 24 MiB of pixel data: a data set the nesting check passes
+    data = struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OW", len(value)) + value
     pdus = message(CT_CX, cmd, data, size=128 * 1024 - 6)
     actions = feed(inspector, pdus)
     assert all(len(a.forward) == 1 and a.forward[0] is p and not a.reply for a, p in zip(actions, pdus, strict=True))

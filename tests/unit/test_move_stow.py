@@ -283,3 +283,21 @@ def test_a_moves_sub_operations_are_its_instances(world) -> None:
     fake.get_json = lambda uri: counts[uri]  # type: ignore[method-assign]
     assert moves.instance_count(moves.plan(req(StudyInstanceUID=NORTH.study_uid))) == 7
     assert moves.instance_count(MovePlan("north", "sp-north-1", "Instance", ("a", "b"))) == 2
+
+
+@pytest.mark.parametrize("principal", [DEVICE, Principal("root", ADMIN, None)], ids=["clinic", "admin"])
+def test_stow_refuses_a_part_nested_too_deeply_before_anything_parses_it(world, trail, events, principal) -> None:
+    from securepacs.dataset_limits import samples
+
+    _, fake, _, stow = world
+    new = StudySpec(seed="nest", patient_id="779", slices=1, rows=8, columns=8)
+    deep = samples.nested_file(200_000, study_uid=new.study_uid, series_uid=new.study_uid + ".1",
+                               sop_uid=new.study_uid + ".1.1", patient_id="779")
+    resp = stow.handle(stow_request(*multipart(deep, encode(instance(new, 0)))), principal)
+    assert resp.status == 202
+    failed = json.loads(resp.body)["00081198"]["Value"]
+    assert [f["00081197"]["Value"] for f in failed] == [[dicom_status.STORE_ERROR_CANNOT_UNDERSTAND]]
+    assert len(fake.uploaded) == 1 and fake.uploaded[0] != deep
+    assert [kind for kind, _ in events if kind == "dataset-nesting-refused"] == ["dataset-nesting-refused"]
+    refused = [r for r in store_records(trail) if "deeper than 32 levels" in json.dumps(r)]
+    assert len(refused) == 1

@@ -22,7 +22,16 @@ Statuses answered for a refused C-GET (PS3.4 C.4.3.1.4, PS3.7 C.5):
 
 Events (``on_event(kind, details)``), never with a UID or patient ID, only levels and counts:
 ``cget-allowed`` {clinic, message_id, level, keys: {key: count}}, ``cget-refused`` {the same + status,
-reason}, ``dimse-protocol-violation`` {clinic, reason} when the association is aborted.
+reason}, ``cstore-refused`` {clinic, calling_aet, message_id, status, reason}, ``dimse-protocol-violation``
+{clinic, reason} when the association is aborted.
+
+C-STORE data sets are scanned as they pass (``securepacs.dataset_limits.nesting``): one nested too deeply
+for DCMTK's recursive parser (CVE-2026-10528) never reaches the archive whole. Its PDUs stop at the one
+that crosses the limit (what went before nests at most the limit: harmless); the rest of its data set is
+dropped as it comes, and after its last fragment the clinic gets a C-STORE-RSP 0xC000 (Cannot understand)
+with an Error Comment. The archive still waits inside that message, so the association cannot carry
+another: the gateway answers the clinic's A-RELEASE-RQ itself and A-ABORTs the archive's side; any other
+message is a violation (abort).
 """
 
 from __future__ import annotations
@@ -34,8 +43,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from securepacs import dicom_status
+from securepacs.dataset_limits.nesting import Scanner, scanner_for
 from securepacs.gateway.cget_query import GetQuery, Unverifiable, parse_identifier
-from securepacs.gateway.dimse_command import C_CANCEL_RQ, C_GET_RQ, Command, CommandError, c_get_failure, decode_command
+from securepacs.gateway.dimse_command import (
+    C_CANCEL_RQ,
+    C_STORE_RQ,
+    CommandError,
+    c_get_failure,
+    c_store_failure,
+)
+from securepacs.gateway.dimse_message import MAX_IDENTIFIER_BYTES, Message
 from securepacs.gateway.identity import PeerIdentity
 from securepacs.gateway.pdu import (
     A_ABORT,
@@ -49,7 +66,9 @@ from securepacs.gateway.pdu import (
     PDV_LAST,
     Associate,
     PduError,
+    build_abort,
     build_p_data,
+    build_release_rp,
     iter_pdvs,
     parse_associate,
     pdu_name,
@@ -62,59 +81,9 @@ log = logging.getLogger(__name__)
 Authorize = Callable[[str, str, dict[str, list[str]], str], Awaitable[bool]]
 OnEvent = Callable[[str, dict[str, Any]], None]
 
-MAX_COMMAND_BYTES = 64 * 1024  # real command sets are a few hundred bytes
-MAX_IDENTIFIER_BYTES = 1024 * 1024  # a larger C-GET identifier is refused (0xC000), not buffered
 # Held PDUs can carry more than the identifier (PDV headers, a preceding message's tail): bound them too.
 MAX_HELD_BYTES = 4 * 1024 * 1024
-MAX_DISCARDED_BYTES = 64 * 1024 * 1024  # an oversized identifier that keeps coming ends the association
 REFUSED_IDS_REMEMBERED = 32  # message IDs of refused C-GETs whose C-CANCEL-RQ is dropped
-
-
-class _Message:
-    """One DIMSE message from the requestor, as far as it has arrived."""
-
-    __slots__ = ("command", "context_id", "done", "identifier", "is_get", "oversized", "received", "request")
-
-    def __init__(self, context_id: int):
-        self.context_id = context_id
-        self.command: bytearray | None = bytearray()  # fragments until the command set is complete
-        self.request: Command | None = None
-        self.is_get = False
-        self.identifier: bytearray | None = None  # C-GET only, while within MAX_IDENTIFIER_BYTES
-        self.received = 0  # identifier bytes seen, including those not kept
-        self.oversized = False
-        self.done = False
-
-    def add_command(self, fragment: memoryview) -> None:
-        assert self.command is not None
-        if len(self.command) + len(fragment) > MAX_COMMAND_BYTES:
-            raise CommandError(f"command set larger than {MAX_COMMAND_BYTES} bytes")
-        self.command += fragment
-
-    def end_command(self) -> None:
-        assert self.command is not None
-        self.request = decode_command(bytes(self.command))
-        self.command = None
-        if self.request.field == C_GET_RQ:
-            if self.request.message_id is None:
-                raise CommandError("C-GET-RQ without MessageID")
-            _ = self.request.sop_class  # raises CommandError if missing or not ASCII: we must answer with it
-            self.is_get = True
-            self.identifier = bytearray()
-
-    def add_identifier(self, fragment: memoryview) -> None:
-        self.received += len(fragment)
-        if self.received > MAX_DISCARDED_BYTES:
-            raise CommandError(f"C-GET identifier keeps coming beyond {MAX_DISCARDED_BYTES} bytes")
-        if self.identifier is not None:
-            if self.received > MAX_IDENTIFIER_BYTES:
-                self.give_up_identifier()
-            else:
-                self.identifier += fragment
-
-    def give_up_identifier(self) -> None:
-        self.oversized = True
-        self.identifier = None
 
 
 class CGetInspector:
@@ -140,13 +109,14 @@ class CGetInspector:
         self._timeout = authorize_timeout
         self._reply_limit = rq.max_length or 0  # the requestor's maximum P-DATA length; 0 = unlimited
         self._syntaxes: dict[int, str] = {}  # accepted presentation context ID -> transfer syntax
-        self._current: _Message | None = None
+        self._current: Message | None = None
         # A batch: consecutive PDUs held back until every C-GET in them is decided, and their messages.
-        self._batch: list[_Message] = []
+        self._batch: list[Message] = []
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._refused_ids: deque[int] = deque(maxlen=REFUSED_IDS_REMEMBERED)
         self._closed = False
+        self._stranded = False  # a refused C-STORE left the archive inside a message
 
     # -- archive side --------------------------------------------------------------------------------
     def server_pdu(self, pdu_type: int, pdu: bytes) -> None:
@@ -165,6 +135,11 @@ class CGetInspector:
     async def client_pdu(self, pdu_type: int, pdu: bytes) -> Action:
         if self._closed:
             return Action(close=True)
+        if self._stranded:
+            if pdu_type == A_RELEASE_RQ:  # the archive cannot release mid-message: we answer, it is aborted
+                return Action(forward=[build_abort()], reply=[build_release_rp()])
+            if pdu_type != A_ABORT:
+                return self._violation("another message after a refused C-STORE (the archive waits in that one)")
         if pdu_type == P_DATA_TF:
             return await self._p_data(pdu)
         if pdu_type in (A_RELEASE_RQ, A_RELEASE_RP, A_ABORT):
@@ -182,6 +157,9 @@ class CGetInspector:
             touched = self._walk(pdu)
         except (PduError, CommandError) as exc:
             return self._violation(str(exc))
+        refused = next((m for m in touched if m.refusal is not None), None)
+        if refused is not None:
+            return self._refuse_store(refused, touched)
         current = self._current
         # Open: a command not yet complete (it may be a C-GET), or a C-GET whose identifier is still coming.
         is_open = current is not None and (current.request is None or current.is_get)
@@ -205,17 +183,17 @@ class CGetInspector:
             return self._violation(f"a command set spread over more than {MAX_HELD_BYTES} bytes of PDUs")
         return Action()
 
-    def _walk(self, pdu: bytes) -> list[_Message]:
+    def _walk(self, pdu: bytes) -> list[Message]:
         """Follow the PDVs of one P-DATA-TF through the message state; the messages it touches, in order."""
         if len(pdu) < HEADER_LENGTH or pdu[0] != P_DATA_TF:
             raise PduError("not a P-DATA-TF PDU")
-        touched: list[_Message] = []
+        touched: list[Message] = []
         current = self._current
         for pdv in iter_pdvs(pdu):
             if current is None:
                 if not pdv.is_command:
                     raise CommandError("a data set fragment outside any message")
-                current = _Message(pdv.context_id)
+                current = Message(pdv.context_id)
             if not touched or touched[-1] is not current:
                 touched.append(current)
             if pdv.context_id != current.context_id:
@@ -227,6 +205,8 @@ class CGetInspector:
                 if pdv.is_last:
                     current.end_command()
                     assert current.request is not None
+                    if current.request.field == C_STORE_RQ and current.request.has_data_set:
+                        current.scanner = self._store_scanner(current.context_id)
                     if not current.request.has_data_set:
                         current.done, current = True, None
             else:
@@ -234,12 +214,42 @@ class CGetInspector:
                     raise CommandError("a command fragment inside a data set")
                 if current.is_get:
                     current.add_identifier(pdv.data)
+                current.scan(pdv.data)
                 if pdv.is_last:
                     current.done, current = True, None
         self._current = current
         return touched
 
-    def _cancels_refused(self, message: _Message) -> bool:
+    def _store_scanner(self, context_id: int) -> Scanner:
+        syntax = self._syntaxes.get(context_id)
+        if syntax is None:  # the relay lets only accepted contexts pass; an unparseable AC leaves none known
+            raise CommandError("a C-STORE on a presentation context whose transfer syntax is unknown")
+        return scanner_for(syntax)
+
+    def _refuse_store(self, message: Message, touched: list[Message]) -> Action:
+        """Drop the PDUs of a C-STORE whose data set must not reach the archive; answer after its end."""
+        request = message.request
+        assert request is not None and message.refusal is not None
+        if len(touched) != 1 or self._batch:
+            return self._violation("a refused C-STORE shares its PDUs with other messages")
+        if not message.reported:
+            message.reported = True
+            status = dicom_status.STORE_ERROR_CANNOT_UNDERSTAND
+            log.warning("C-STORE from clinic %r refused with %s before it reached the archive: %s", self._clinic,
+                        dicom_status.describe(status), message.refusal)
+            self._emit("cstore-refused", {"clinic": self._clinic, "calling_aet": self._calling_aet,
+                                          "message_id": request.message_id, "status": status,
+                                          "reason": message.refusal})
+        if not message.done:
+            return Action()
+        if request.message_id is None or request.sop_class_raw is None or request.sop_instance_raw is None:
+            return self._violation("a refused C-STORE-RQ lacks the identifiers its answer must echo")
+        self._stranded = True
+        command = c_store_failure(request.sop_class_raw, request.sop_instance_raw, request.message_id,
+                                  dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, message.refusal)
+        return Action(reply=self._command_pdus(message.context_id, command))
+
+    def _cancels_refused(self, message: Message) -> bool:
         request = message.request
         return (message.done and request is not None and request.field == C_CANCEL_RQ
                 and request.responding_to in self._refused_ids)
@@ -248,7 +258,7 @@ class CGetInspector:
         """Every C-GET in the batch is complete: decide them, then forward or drop the batch whole."""
         batch, held = self._batch, self._held
         self._batch, self._held, self._held_bytes = [], [], 0
-        refusals: list[tuple[_Message, int, str]] = []
+        refusals: list[tuple[Message, int, str]] = []
         for message in batch:
             if message.is_get:
                 status, reason = await self._decide(message)
@@ -267,7 +277,7 @@ class CGetInspector:
             return self._violation("a refused C-GET shares its PDUs with other messages")
         return Action(forward=held)
 
-    async def _decide(self, message: _Message) -> tuple[int | None, str]:
+    async def _decide(self, message: Message) -> tuple[int | None, str]:
         """(None, ...) to forward the C-GET, else (failure status, reason without identifiers)."""
         status, reason, query = await self._check(message)
         details: dict[str, Any] = {"clinic": self._clinic, "message_id": message.request.message_id}  # type: ignore[union-attr]
@@ -282,7 +292,7 @@ class CGetInspector:
             self._emit("cget-refused", {**details, "status": status, "reason": reason})
         return status, reason
 
-    async def _check(self, message: _Message) -> tuple[int | None, str, GetQuery | None]:
+    async def _check(self, message: Message) -> tuple[int | None, str, GetQuery | None]:
         assert message.request is not None
         if not message.request.has_data_set:
             return dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "C-GET-RQ without an identifier", None
@@ -305,15 +315,18 @@ class CGetInspector:
             return dicom_status.REFUSED_NOT_AUTHORIZED, "not every requested UID is the clinic's", query
         return None, "allowed", query
 
-    def _failure(self, message: _Message, status: int, reason: str) -> list[bytes]:
+    def _failure(self, message: Message, status: int, reason: str) -> list[bytes]:
         """The C-GET-RSP answering a refused request, on its presentation context, in as many PDUs as the
         requestor's maximum length demands."""
         request = message.request
         assert request is not None and request.message_id is not None
-        command = c_get_failure(request.sop_class, request.message_id, status, reason)
+        return self._command_pdus(message.context_id, c_get_failure(request.sop_class, request.message_id, status,
+                                                                     reason))
+
+    def _command_pdus(self, context_id: int, command: bytes) -> list[bytes]:
         size = max(self._reply_limit - 6, 16) if self._reply_limit else len(command)  # 6: PDV item header
         chunks = [command[i : i + size] for i in range(0, len(command), size)]
-        return [build_p_data([(message.context_id, PDV_COMMAND | (PDV_LAST if i == len(chunks) - 1 else 0), c)])
+        return [build_p_data([(context_id, PDV_COMMAND | (PDV_LAST if i == len(chunks) - 1 else 0), c)])
                 for i, c in enumerate(chunks)]
 
     def _violation(self, reason: str) -> Action:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Command fields (PS3.7 E.1-1)
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
 C_GET_RQ = 0x0010
 C_GET_RSP = 0x8010
 C_CANCEL_RQ = 0x0FFF
@@ -22,6 +24,7 @@ AFFECTED_SOP_CLASS_UID = 0x00000002
 COMMAND_FIELD = 0x00000100
 MESSAGE_ID = 0x00000110
 MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
+AFFECTED_SOP_INSTANCE_UID = 0x00001000
 COMMAND_DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
@@ -44,6 +47,7 @@ class Command:
     message_id: int | None
     responding_to: int | None  # MessageIDBeingRespondedTo (C-CANCEL-RQ, responses)
     sop_class_raw: bytes | None  # AffectedSOPClassUID as sent; decoded only when needed
+    sop_instance_raw: bytes | None = None  # AffectedSOPInstanceUID as sent (C-STORE-RQ)
 
     @property
     def has_data_set(self) -> bool:
@@ -84,6 +88,7 @@ def decode_command(data: bytes) -> Command:
         message_id=_optional_us(values, MESSAGE_ID, "MessageID"),
         responding_to=_optional_us(values, MESSAGE_ID_BEING_RESPONDED_TO, "MessageIDBeingRespondedTo"),
         sop_class_raw=values.get(AFFECTED_SOP_CLASS_UID),
+        sop_instance_raw=values.get(AFFECTED_SOP_INSTANCE_UID),
     )
 
 
@@ -134,9 +139,30 @@ def c_get_failure(sop_class: str, message_id: int, status: int, comment: str = "
         (NUMBER_OF_FAILED_SUBOPERATIONS, _US.pack(0)),
         (NUMBER_OF_WARNING_SUBOPERATIONS, _US.pack(0)),
     ]
-    if comment:
-        # Error Comment is LO: at most 64 characters of the default repertoire, without backslash.
-        safe = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in comment)[:64]
-        elements.append((ERROR_COMMENT, _pad(safe, b" ")))
-    return encode_command(elements)
+    return encode_command(elements + _comment(comment))
+
+
+def c_store_failure(sop_class_raw: bytes, sop_instance_raw: bytes, message_id: int, status: int,
+                    comment: str = "") -> bytes:
+    """The C-STORE-RSP of a refused request (PS3.7 9.3.1.2): the affected UIDs echoed as the requestor
+    sent them (so it can match the answer; they are never logged), no data set."""
+    if not 0 <= message_id <= 0xFFFF or not 0 <= status <= 0xFFFF:
+        raise ValueError("message ID and status are 16-bit values")
+    elements = [
+        (AFFECTED_SOP_CLASS_UID, sop_class_raw),
+        (COMMAND_FIELD, _US.pack(C_STORE_RSP)),
+        (MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id)),
+        (COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+        (STATUS, _US.pack(status)),
+        (AFFECTED_SOP_INSTANCE_UID, sop_instance_raw),
+    ]
+    return encode_command(elements + _comment(comment))
+
+
+def _comment(comment: str) -> list[tuple[int, bytes]]:
+    if not comment:
+        return []
+    # Error Comment is LO: at most 64 characters of the default repertoire, without backslash.
+    safe = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in comment)[:64]
+    return [(ERROR_COMMENT, _pad(safe, b" "))]
 
