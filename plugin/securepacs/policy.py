@@ -5,7 +5,9 @@ allow-list of read endpoints, each checked against the tenant that owns the reso
 their own account, the audit trail (``/securepacs/api/audit``) and the detailed health report (platform
 versions and unfixed CVEs, ``/securepacs/api/health``). Orthanc's generic endpoints
 (``/patients`` — a patient there merges every clinic's people sharing a Patient ID —, ``/tools``,
-``/instances`` upload, ``/modalities``, ``/jobs``, Explorer, other plugins' routes) stay admin-only.
+``/modalities``, ``/jobs``, Explorer, other plugins' routes) stay admin-only. Routes that would feed Orthanc's
+parser without the nesting check (``POST /instances``, ``/tools/create-dicom``, the DICOMweb plugin's own
+STOW, retrieves from a remote modality) are refused for everyone: uploads go through the checked STOW-RS.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ _STOW = "/securepacs/dicom-web/studies"
 # Everyone who is logged in manages their own account.
 _SELF_SERVICE = re.compile(r"/securepacs/(?:logout|api/me(?:/[a-z]+)*)")
 
+# Routes that hand a body, or what a remote peer sends back, to Orthanc's DICOM parser without the nesting
+# check (securepacs.dataset_limits; CVE-2026-10528 with an unpatched DCMTK): refused for everyone, admins
+# included. Uploads go through the plugin's STOW-RS, which checks each part first.
+_UNCHECKED_INGEST = re.compile(
+    r"/instances|/tools/create-dicom|/dicom-web/studies(?:/[^/]+)?"
+    r"|/modalities/[^/]+/(?:move|get)|/queries/[^/]+/(?:retrieve|answers/[^/]+/retrieve)"
+)
+
 CLINIC_READERS = frozenset({PHYSICIAN, CLINIC_DEVICE})
 OWNERSHIP_URI = "/securepacs/internal/ownership"
 AUDIT_URI = "/securepacs/api/audit"
@@ -60,6 +70,9 @@ class HttpPolicy:
         self._tenancy = tenancy
 
     def decide(self, principal: Principal, method: str, uri: str, get: Mapping[str, str]) -> Verdict:
+        if method in ("POST", "PUT") and _UNCHECKED_INGEST.fullmatch(uri):
+            return Verdict(False, f"{method} {uri!r} would reach Orthanc's parser unchecked; upload with STOW-RS "
+                                  "(/dicom-web/studies) instead")
         if principal.is_admin:
             return Verdict(True, "admin")
         if principal.role == GATEWAY:

@@ -121,3 +121,19 @@ def test_stow_rs_refuses_a_deeply_nested_part_and_stores_the_other(native_archiv
     assert find_instance(archive, deep_uid) == []
     archive.assert_serving()
     assert orthanc_instance(archive) == before
+
+
+@pytest.mark.parametrize("path", ["/instances", "/tools/create-dicom", "/dicom-web/studies/1.2.826.0.1.3680043.10.1"])
+def test_admins_cannot_upload_around_the_check(native_archive, tmp_path, path):
+    """Orthanc's own upload routes would parse the body unchecked: refused (403) even for an admin, and the
+    same Orthanc keeps serving. Admins upload with STOW-RS, which checks each part."""
+    archive = native_archive
+    before = orthanc_instance(archive)
+    deep, deep_uid = write(tmp_path, "admin-deep", 200_000)
+    content_type = "application/dicom" if path == "/instances" else 'multipart/related; type="application/dicom"'
+    status, _ = archive.https(path, auth=archive.admin_credential(), method="POST", data=deep.read_bytes(),
+                              headers={"Content-Type": content_type})
+    assert status == 403
+    assert find_instance(archive, deep_uid) == []
+    archive.assert_serving()
+    assert orthanc_instance(archive) == before

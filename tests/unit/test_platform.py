@@ -29,8 +29,10 @@ def test_table_has_one_row_per_known_cve_with_a_valid_fixed_in_version() -> None
 def test_a_row_as_json() -> None:
     assert KNOWN[0].as_json() == {"id": "CVE-2026-5437", "fixedIn": "1.12.11", "description": KNOWN[0].description}
     # Part of CVE-2026-10528's fix is DCMTK's (see the table's comment): only that row names a DCMTK release.
+    # It is also the one SecurePACS mitigates in front of Orthanc (securepacs.dataset_limits).
     assert KNOWN[-1].as_json() == {"id": "CVE-2026-10528", "fixedIn": "1.13.0", "dcmtkFixedIn": "3.7.1",
-                                   "description": KNOWN[-1].description}
+                                   "description": KNOWN[-1].description, "mitigation": KNOWN[-1].mitigation}
+    assert [c.id for c in KNOWN if c.mitigation] == ["CVE-2026-10528"]
     assert [c.id for c in KNOWN if c.dcmtk_fixed_in] == ["CVE-2026-10528"]
 
 

@@ -64,7 +64,16 @@ MATRIX = [
     ("GET", "/studies", {}, {A}),
     ("GET", "/series", {}, {A}),
     ("GET", "/instances", {}, {A}),
-    ("POST", "/instances", {}, {A}),
+    # Would reach Orthanc's parser without the nesting check (CVE-2026-10528): nobody, admins included.
+    ("POST", "/instances", {}, set()),
+    ("POST", "/tools/create-dicom", {}, set()),
+    ("POST", "/dicom-web/studies", {}, set()),
+    ("POST", "/dicom-web/studies/1.2.3", {}, set()),
+    ("POST", "/modalities/sp-north-0/move", {}, set()),
+    ("POST", "/modalities/sp-north-0/get", {}, set()),
+    ("POST", "/queries/abc/retrieve", {}, set()),
+    ("POST", "/queries/abc/answers/0/retrieve", {}, set()),
+    ("POST", "/modalities/sp-north-0/query", {}, {A}),
     ("POST", "/tools/find", {}, {A}),
     ("GET", "/tools/lookup", {}, {A}),
     ("GET", "/modalities", {}, {A}),
@@ -117,7 +126,7 @@ MATRIX = [
     ("GET", f"/dicom-web/studies/{OWN_UID}/series/{OWN_SERIES_UID}/instances/{FOREIGN_SOP}", {}, {A}),
     ("GET", f"/dicom-web/studies/{FOREIGN_UID}", {}, {A}),
     ("GET", f"/dicom-web/studies/{FOREIGN_UID}/metadata", {}, {A}),
-    ("POST", f"/dicom-web/studies/{OWN_UID}", {}, {A}),  # STOW goes through the plugin's endpoint
+    ("POST", f"/dicom-web/studies/{OWN_UID}", {}, set()),  # the DICOMweb plugin's own STOW: unchecked
     ("DELETE", f"/dicom-web/studies/{OWN_UID}", {}, {A}),
     # Paths that climb out of an own resource. Orthanc resolves "..", "//" and percent-encoding before its
     # filter sees the URI (tests/integration/test_path_traversal.py); the policy must not depend on it.

@@ -22,11 +22,16 @@ class Cve:
     description: str
     # When part of the fix lives in DCMTK (Orthanc links the system's): the first DCMTK release with it.
     dcmtk_fixed_in: str | None = None
+    # What SecurePACS does in front of Orthanc against it. It stays listed (and the platform degraded):
+    # Orthanc itself remains vulnerable, and the officer decides whether the mitigation is enough.
+    mitigation: str | None = None
 
     def as_json(self) -> dict[str, str]:
         row = {"id": self.id, "fixedIn": self.fixed_in, "description": self.description}
         if self.dcmtk_fixed_in:
             row["dcmtkFixedIn"] = self.dcmtk_fixed_in
+        if self.mitigation:
+            row["mitigation"] = self.mitigation
         return row
 
 
@@ -55,5 +60,7 @@ KNOWN: tuple[Cve, ...] = (
     # also shows as exposed (it reports "3.7.0"): conservative.
     Cve("CVE-2026-10528", "1.13.0",
         "stack overflow (denial of service) parsing deeply nested DICOM sequences (DcmItem::read)",
-        dcmtk_fixed_in="3.7.1"),
+        dcmtk_fixed_in="3.7.1",
+        mitigation="datasets nesting sequences deeper than 32 levels are refused before Orthanc parses them "
+                   "(gateway C-STORE, STOW-RS); Orthanc's unchecked upload and retrieve routes are refused"),
 )
