@@ -107,8 +107,16 @@ def processes() -> list[tuple[int, int, str, str]]:
             continue  # gone meanwhile
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uid = int(fields["Uid"].split()[0])
-        out.append((int(entry.name), int(fields["PPid"]), pwd.getpwuid(uid).pw_name, cmdline))
+        out.append((int(entry.name), int(fields["PPid"]), _user_name(uid), cmdline))
     return out
+
+
+def _user_name(uid: int) -> str:
+    # Processes of containers (the compose stack, the benchmark's image) run as uids this host may not know.
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def children(pid: int) -> dict[str, str]:
