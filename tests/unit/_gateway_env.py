@@ -135,13 +135,17 @@ class GatewayThread:
 
     def __init__(self, config: GatewayConfig, inspector_factory: Any = None):
         self.loop = asyncio.new_event_loop()
+        # Gateways of one test module share an events file: this one's events are those after this point
+        # (an earlier gateway's "released" must never answer for this one's association).
+        self.events_path = config.events_path
+        self._events_offset = config.events_path.stat().st_size if config.events_path and \
+            config.events_path.exists() else 0
         self.thread = threading.Thread(target=self.loop.run_forever, name="gateway", daemon=True)
         self.thread.start()
         self.gateway: Gateway = self.call(self._start(config, inspector_factory))
         assert self.gateway.address is not None
         self.port = self.gateway.address[1]
         self.egress_port = self.gateway.egress_address[1] if self.gateway.egress_address else None
-        self.events_path = config.events_path
 
     async def _start(self, config: GatewayConfig, factory: Any) -> Gateway:
         gateway = Gateway(config, factory)
@@ -172,7 +176,9 @@ class GatewayThread:
 
         if self.events_path is None or not self.events_path.exists():
             return []
-        return [json.loads(line) for line in self.events_path.read_text().splitlines()]
+        with self.events_path.open("rb") as fh:
+            fh.seek(self._events_offset)
+            return [json.loads(line) for line in fh.read().decode().splitlines()]
 
 
 class RecordingUpstream:
