@@ -1,7 +1,7 @@
 """Orthanc loads this file (``PythonScript``). It only wires callbacks; the logic lives in ``securepacs``."""
 
-from securepacs import adapter
-from securepacs.app import SecurePacsApp
+from securepacs.archive import adapter
+from securepacs.archive.app import SecurePacsApp
 
 adapter.install_logging()
 app = SecurePacsApp(adapter.read_config(), adapter.RestApi(), adapter.RestModalityApi(), adapter.orthanc_system,

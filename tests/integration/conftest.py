@@ -29,9 +29,10 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from securepacs import health, pki
 from securepacs.client import Connection, TlsConfig
 from securepacs.client import echo as client_echo
+from securepacs.pki import authority
+from securepacs.platform import health
 
 pytestmark = pytest.mark.integration
 
@@ -406,11 +407,11 @@ def clinic_a(archive: Archive) -> Clinic:
 
 def scp_credentials(archive, directory: Path) -> tuple[Path, Path]:
     """A serverAuth+clientAuth key/certificate for the clinic's retrieve SCP, issued by the archive's CA."""
-    ca_key, ca_cert = pki.Pki(archive.certs_dir).load_ca()
-    key, cert = pki.make_cert(ca_key, ca_cert, "clinicA retrieve SCP", usage="server+client",
+    ca_key, ca_cert = authority.Pki(archive.certs_dir).load_ca()
+    key, cert = authority.make_cert(ca_key, ca_cert, "clinicA retrieve SCP", usage="server+client",
                               dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=1)
-    pki.write_key(directory / "scp.key", key)
-    pki.write_cert(directory / "scp.crt", cert)
+    authority.write_key(directory / "scp.key", key)
+    authority.write_cert(directory / "scp.crt", cert)
     return directory / "scp.key", directory / "scp.crt"
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import make_archive
 
-from securepacs import totp
+from securepacs.access import totp
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, evt
 from test_rejections import client_context, dicom_attempt
 
-from securepacs import pki
 from securepacs.audit import iter_entries
 from securepacs.client import echo, find, get, move, store
-from securepacs.synth import CT_IMAGE_STORAGE, StudySpec, instance, write_study
-from securepacs.tenancy import orthanc_id
+from securepacs.pki import authority
+from securepacs.tenancy.ownership import orthanc_id
+from securepacs_tools.synth import CT_IMAGE_STORAGE, StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration
 
@@ -133,13 +133,14 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
     data = Path(archive.env["AUDIT_TEST_DATA"])
 
     def other_ca_credentials() -> tuple[Path, Path]:
-        ca_key, ca_cert = pki.make_ca("Not The Archive's CA", days=30, key=pki.generate_key("rsa3072"))
+        ca_key, ca_cert = authority.make_ca("Not The Archive's CA", days=30, key=authority.generate_key("rsa3072"))
         # A day inside the CA's lifetime: equal lifetimes end after the CA when a second ticks in between.
-        key, cert = pki.make_cert(ca_key, ca_cert, "auditA", usage="client", days=29,
-                                  uris=pki.clinic_uris("auditA", ["AUDITA"]), organization=pki.CLINIC_ORGANIZATION,
-                                  key=pki.generate_key("rsa3072"))
-        pki.write_key(tmp_path / "rogue.key", key)
-        pki.write_cert(tmp_path / "rogue.crt", cert)
+        key, cert = authority.make_cert(ca_key, ca_cert, "auditA", usage="client", days=29,
+                                        uris=authority.clinic_uris("auditA", ["AUDITA"]),
+                                        organization=authority.CLINIC_ORGANIZATION,
+                                        key=authority.generate_key("rsa3072"))
+        authority.write_key(tmp_path / "rogue.key", key)
+        authority.write_cert(tmp_path / "rogue.crt", cert)
         return tmp_path / "rogue.crt", tmp_path / "rogue.key"
 
     def admin_post(uri: str, body: object) -> int:

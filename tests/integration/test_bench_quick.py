@@ -40,7 +40,7 @@ def _bench_command(output: Path, image: str | None) -> list[str]:
         return [str(SECUREPACS), "bench", "--quick", "--output", str(output), *platforms]
     script = (
         "import argparse, sys\n"
-        "from securepacs.commands import bench_cmd\n"
+        "from securepacs.cli import bench_cmd\n"
         "p = argparse.ArgumentParser(prog='securepacs'); sub = p.add_subparsers(dest='command', required=True)\n"
         "bench_cmd.register(sub); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
     )

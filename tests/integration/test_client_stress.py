@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from securepacs.client import store
-from securepacs.synth import StudySpec, write_study
+from securepacs_tools.synth import StudySpec, write_study
 
 pytestmark = pytest.mark.integration
 

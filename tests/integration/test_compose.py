@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from securepacs import synth
 from securepacs.client import echo, find, store
 from securepacs.client.errors import ConnectionFailed
+from securepacs_tools import synth
 
 pytestmark = pytest.mark.compose
 

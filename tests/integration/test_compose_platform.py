@@ -20,9 +20,11 @@ from conftest import MoveScp, free_port
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts, evt
 
-from securepacs import dicom_status, pki, synth
 from securepacs.client import move, store
-from securepacs.internal_pki import InternalPki
+from securepacs.dicom import status_codes
+from securepacs.pki import authority
+from securepacs.pki.internal_ca import InternalPki
+from securepacs_tools import synth
 
 pytestmark = pytest.mark.compose
 
@@ -67,7 +69,7 @@ def test_a_refused_cmove_fails_with_no_sub_operations_and_no_traceback(compose_a
         # Orthanc answers a refusal in the move callback with Unable to process and no sub-operations: none
         # was attempted (plugin 4.0 could only fail its one sub-operation, 0xB000 with 1 failed).
         counts = (result.status, result.completed, result.failed, result.warning, result.remaining)
-        assert counts == (dicom_status.UNABLE_TO_PROCESS, 0, 0, 0, 0), result.report("C-MOVE")
+        assert counts == (status_codes.UNABLE_TO_PROCESS, 0, 0, 0, 0), result.report("C-MOVE")
 
     log = _archive_log(arc)[logged:]
     # The plugin's warnings say why.
@@ -75,7 +77,7 @@ def test_a_refused_cmove_fails_with_no_sub_operations_and_no_traceback(compose_a
     assert "C-MOVE refused: move destination 'NOWHERE' is not registered to clinic 'platowner'" in log
     # Orthanc's python plugin logs the refusal it was handed: its class and message, no stack frames.
     assert log.count("Error in the Python C-MOVE SCP callback (Create v3)") == 2, log[-3000:]
-    assert "securepacs.move.MoveRefused" in log
+    assert "securepacs.archive.move_scp.MoveRefused" in log
     assert not FRAME_RE.search(log), log[-3000:]
     assert "Traceback (most recent call last)" not in log
 
@@ -95,11 +97,11 @@ def test_an_admitted_cmove_counts_one_sub_operation_per_instance(compose_archive
     assert store(arc.conn(clinic), synth.write_study(spec, tmp_path / "study")).ok
 
     # The clinic's retrieve SCP on this host, with a server certificate for the address it registered.
-    ca_key, ca_cert = pki.Pki(arc.certs_dir).load_ca()
-    key, cert = pki.make_cert(ca_key, ca_cert, "platmove retrieve SCP", usage="server+client",
+    ca_key, ca_cert = authority.Pki(arc.certs_dir).load_ca()
+    key, cert = authority.make_cert(ca_key, ca_cert, "platmove retrieve SCP", usage="server+client",
                               ip_addresses=[host], days=1)
-    pki.write_key(tmp_path / "scp.key", key)
-    pki.write_cert(tmp_path / "scp.crt", cert)
+    authority.write_key(tmp_path / "scp.key", key)
+    authority.write_cert(tmp_path / "scp.crt", cert)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(arc.ca_cert))
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_cert_chain(str(tmp_path / "scp.crt"), str(tmp_path / "scp.key"))
@@ -114,7 +116,7 @@ def test_an_admitted_cmove_counts_one_sub_operation_per_instance(compose_archive
     finally:
         server.shutdown()
     assert (result.status, result.completed, result.failed, result.warning) == (
-        dicom_status.SUCCESS, spec.slices, 0, 0), result.report("C-MOVE")
+        status_codes.SUCCESS, spec.slices, 0, 0), result.report("C-MOVE")
     assert len(scp.received) == spec.slices
 
 

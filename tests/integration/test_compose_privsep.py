@@ -12,7 +12,7 @@ import pytest
 from _netns import second_host
 
 from securepacs.audit import iter_entries
-from securepacs.synth import StudySpec, instance
+from securepacs_tools.synth import StudySpec, instance
 
 # PKCS#8 PEM header, spelled in two parts so that no tracked file looks like it holds a key.
 PEM_KEY_HEADER = "-----BEGIN " + "PRIVATE KEY-----"

@@ -42,7 +42,7 @@ from securepacs.client import (
     store,
 )
 from securepacs.client.scan import DicomFile, inspect
-from securepacs.synth import StudySpec, iter_pydicom_test_files, uid, write_study
+from securepacs_tools.synth import StudySpec, iter_pydicom_test_files, uid, write_study
 
 pytestmark = pytest.mark.integration
 

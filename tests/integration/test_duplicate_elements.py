@@ -24,11 +24,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from test_tenancy_matrix import add_user
 
-from securepacs import dicom_status
 from securepacs.audit import iter_entries
 from securepacs.client import store
-from securepacs.synth import StudySpec, instance, write_study
-from securepacs.tenancy import orthanc_id
+from securepacs.dicom import status_codes
+from securepacs.tenancy.ownership import orthanc_id
+from securepacs_tools.synth import StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration
 
@@ -159,12 +159,12 @@ def test_stow_rs_of_a_data_set_naming_two_studies_is_refused(world, layout, synt
     response = json.loads(answer)
     assert STOW_REFERENCED_SOP_SEQUENCE not in response
     [failed] = response[STOW_FAILED_SOP_SEQUENCE]["Value"]
-    assert failed[FAILURE_REASON]["Value"] == [dicom_status.STORE_ERROR_CANNOT_UNDERSTAND]
+    assert failed[FAILURE_REASON]["Value"] == [status_codes.STORE_ERROR_CANNOT_UNDERSTAND]
     # Nothing of B's in A's study, and no trace of the fresh study either.
     assert a_study_sop_uids(archive) == A_SOP_UIDS
     for patient, study in ((own.patient_id, own.study_uid), (A_STUDY.patient_id, own.study_uid)):
         assert archive.https(f"/studies/{orthanc_id(patient, study)}", auth=archive.admin_credential())[0] == 404
-    stored = wait_for(archive, seq, is_store_record("", dicom_status.STORE_ERROR_CANNOT_UNDERSTAND))
+    stored = wait_for(archive, seq, is_store_record("", status_codes.STORE_ERROR_CANNOT_UNDERSTAND))
     assert any(p["user_id"] == device[0] for p in stored["participants"]), stored
     alert = wait_for(archive, seq, is_security_alert("ambiguous-identifiers"))
     assert alert["details"]["clinic"] == "dupB"
@@ -182,9 +182,9 @@ def test_cstore_of_a_data_set_naming_two_studies_is_refused(world, layout, synta
     summary = store(archive.conn(archive.clinics["dupB"]), [path])
     assert summary.success == 0 and summary.failure == 1, summary.report()
     # DCMTK keeps the first copies (A's): the filter sees A's study and refuses the cross-tenant write.
-    assert dicom_status.describe(dicom_status.REFUSED_NOT_AUTHORIZED) in summary.report()
+    assert status_codes.describe(status_codes.REFUSED_NOT_AUTHORIZED) in summary.report()
     assert a_study_sop_uids(archive) == A_SOP_UIDS
     assert archive.https(f"/studies/{orthanc_id(own.patient_id, own.study_uid)}",
                          auth=archive.admin_credential())[0] == 404
-    wait_for(archive, seq, is_store_record(str(ds.SOPInstanceUID), dicom_status.REFUSED_NOT_AUTHORIZED))
+    wait_for(archive, seq, is_store_record(str(ds.SOPInstanceUID), status_codes.REFUSED_NOT_AUTHORIZED))
     wait_for(archive, seq, is_security_alert("cross-tenant-write"))

@@ -14,7 +14,7 @@ import pytest
 from conftest import Archive, Clinic
 
 from securepacs.client import echo, store
-from securepacs.synth import StudySpec, write_study
+from securepacs_tools.synth import StudySpec, write_study
 
 pytestmark = pytest.mark.integration
 

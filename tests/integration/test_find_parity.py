@@ -39,7 +39,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from securepacs.client import Connection, find, store
-from securepacs.synth import uid
+from securepacs_tools.synth import uid
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ import pytest
 from conftest import Clinic
 from test_rejections import REVOKED_REJECTS, associate_rq, attempt_until_refused, client_context
 
-from securepacs import pki
 from securepacs.client import Connection, ConnectionFailed, DimseFailed, TlsConfig, echo, get, store
-from securepacs.synth import StudySpec, instance, write_study
+from securepacs.pki import authority
+from securepacs_tools.synth import StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration
 
@@ -130,13 +130,13 @@ def test_revoked_certificate_is_refused_without_restart(native_archive, tmp_path
 
 def test_expired_certificate_is_refused(native_archive, clinics, tmp_path):
     archive = native_archive
-    ca_key, ca_cert = pki.Pki(archive.certs_dir).load_ca()
+    ca_key, ca_cert = authority.Pki(archive.certs_dir).load_ca()
     past = datetime.now(UTC) - timedelta(days=10)
-    key, cert = pki.make_cert(ca_key, ca_cert, "clinicA expired", usage="client",
+    key, cert = authority.make_cert(ca_key, ca_cert, "clinicA expired", usage="client",
                               uris=["urn:securepacs:clinic:clinicA", "urn:securepacs:aet:CLINICA"],
                               not_before=past - timedelta(days=30), not_after=past)
-    pki.write_key(tmp_path / "clinic.key", key)
-    pki.write_cert(tmp_path / "clinic.crt", cert)
+    authority.write_key(tmp_path / "clinic.key", key)
+    authority.write_cert(tmp_path / "clinic.crt", cert)
     (tmp_path / "ca.crt").write_bytes(archive.ca_cert.read_bytes())
     expired = Clinic("clinicA", ("CLINICA",), tmp_path)
     with pytest.raises(ConnectionFailed):

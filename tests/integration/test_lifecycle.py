@@ -10,8 +10,10 @@ import subprocess
 import pytest
 from conftest import SECUREPACS, _start, make_archive, restart_archive, stop_archive
 
-from securepacs import deploy, settings, synth
 from securepacs.client import store
+from securepacs.config import environment
+from securepacs.ops import deploy
+from securepacs_tools import synth
 
 
 @pytest.fixture()
@@ -54,7 +56,7 @@ def test_second_start_keeps_keys_credential_and_data(own_archive, tmp_path):
 
 def test_invalid_plugin_config_stops_orthanc_with_clear_message(own_archive):
     arc = own_archive
-    s = settings.from_env(arc.env)
+    s = environment.from_env(arc.env)
     prepared = deploy.prepare(s)
     runtime = prepared.config_dir / "10-runtime.json"
     config = json.loads(runtime.read_text())

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from test_accounts_https import call
 
-from securepacs import totp
-from securepacs.accounts import LOGIN_FAILED
+from securepacs.access import totp
+from securepacs.access.accounts import LOGIN_FAILED
 from securepacs.audit import iter_entries
 from securepacs.client import get, store
-from securepacs.synth import StudySpec, write_study
+from securepacs_tools.synth import StudySpec, write_study
 
 pytestmark = pytest.mark.integration
 

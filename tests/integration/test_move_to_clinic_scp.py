@@ -33,7 +33,7 @@ from conftest import Archive, Clinic, free_port
 from pydicom import dcmread
 
 from securepacs.client import move, store
-from securepacs.synth import StudySpec, uid, write_study
+from securepacs_tools.synth import StudySpec, uid, write_study
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from test_duplicate_elements import is_security_alert, last_seq, wait_for
 from test_rejections import find_instance, orthanc_instance
 from test_tenancy_matrix import add_user
 
-from securepacs import dicom_status
-from securepacs.dataset_limits import samples
 from securepacs.dataset_limits.nesting import MAX_DEPTH
+from securepacs.dicom import status_codes
+from securepacs_tools import nested_samples
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ STOW_FAILED_SOP_SEQUENCE, STOW_REFERENCED_SOP_SEQUENCE, FAILURE_REASON = "000811
 
 def write(folder: Path, name: str, depth: int, syntax: str = ExplicitVRLittleEndian) -> tuple[Path, str]:
     sop_uid = f"{ROOT}.{secrets.randbelow(10**12)}.1.1"  # fresh each run: the archive outlives a test
-    data = samples.nested_file(depth, study_uid=sop_uid + ".0", series_uid=sop_uid + ".0.1", sop_uid=sop_uid,
+    data = nested_samples.nested_file(depth, study_uid=sop_uid + ".0", series_uid=sop_uid + ".0.1", sop_uid=sop_uid,
                                patient_id=f"SYNNEST-{name}", syntax=syntax)
     path = folder / f"{name}.dcm"
     path.write_bytes(data)
@@ -49,7 +49,7 @@ def send(archive, clinic, path: Path, syntax: str):
     """C-STORE the file's bytes as they are (pynetdicom streams them from disk): (status dataset, released)."""
     ae = AE(ae_title=clinic.aets[0])
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(samples.SECONDARY_CAPTURE, [syntax])
+    ae.add_requested_context(nested_samples.SECONDARY_CAPTURE, [syntax])
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
@@ -71,7 +71,7 @@ def test_a_deeply_nested_c_store_is_refused_and_orthanc_keeps_serving(archive, c
     deep, deep_uid = write(tmp_path, "deep", 200_000, syntax)
     assert deep.stat().st_size > (6_000_000 if syntax != DeflatedExplicitVRLittleEndian else 1_000)
     status, released = send(archive, clinic_a, deep, syntax)
-    assert status.Status == dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, status
+    assert status.Status == status_codes.STORE_ERROR_CANNOT_UNDERSTAND, status
     assert f"deeper than {MAX_DEPTH} levels" in str(status.ErrorComment)
     assert released  # the gateway answered the release itself: a clean end for the clinic
     archive.assert_serving()
@@ -82,7 +82,7 @@ def test_a_deeply_nested_c_store_is_refused_and_orthanc_keeps_serving(archive, c
     # A normally nested object, on a new association, is stored.
     normal, normal_uid = write(tmp_path, "normal", 4, syntax)
     status, released = send(archive, clinic_a, normal, syntax)
-    assert status.Status == dicom_status.SUCCESS and released
+    assert status.Status == status_codes.SUCCESS and released
     assert len(find_instance(archive, normal_uid)) == 1
     assert orthanc_instance(archive) == before
 
@@ -90,7 +90,7 @@ def test_a_deeply_nested_c_store_is_refused_and_orthanc_keeps_serving(archive, c
 def test_the_limit_itself_is_stored(archive, clinic_a, tmp_path):
     path, uid = write(tmp_path, "limit", MAX_DEPTH)
     status, _ = send(archive, clinic_a, path, ExplicitVRLittleEndian)
-    assert status.Status == dicom_status.SUCCESS
+    assert status.Status == status_codes.SUCCESS
     assert len(find_instance(archive, uid)) == 1
 
 
@@ -115,7 +115,7 @@ def test_stow_rs_refuses_a_deeply_nested_part_and_stores_the_other(native_archiv
     assert status == 202, answer[:300]
     response = json.loads(answer)
     [failed] = response[STOW_FAILED_SOP_SEQUENCE]["Value"]
-    assert failed[FAILURE_REASON]["Value"] == [dicom_status.STORE_ERROR_CANNOT_UNDERSTAND]
+    assert failed[FAILURE_REASON]["Value"] == [status_codes.STORE_ERROR_CANNOT_UNDERSTAND]
     [stored] = response[STOW_REFERENCED_SOP_SEQUENCE]["Value"]
     assert stored["00081155"]["Value"] == [normal_uid]
     assert find_instance(archive, deep_uid) == []

@@ -28,8 +28,8 @@ import pydicom
 import pytest
 
 from securepacs.client import store
-from securepacs.synth import StudySpec, write_study
-from securepacs.tenancy import orthanc_id
+from securepacs.tenancy.ownership import orthanc_id
+from securepacs_tools.synth import StudySpec, write_study
 
 pytestmark = pytest.mark.integration
 

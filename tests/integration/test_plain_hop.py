@@ -20,7 +20,7 @@ from conftest import Archive, _start, make_archive, stop_archive
 from test_rejections import associate_rq
 
 from securepacs.client import Connection, ConnectionFailed, echo, find, get, store
-from securepacs.synth import StudySpec, write_study
+from securepacs_tools.synth import StudySpec, write_study
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,7 @@ import time
 import pytest
 from _webapp_env import add_user
 
-from securepacs import health
-from securepacs.platform import versions
+from securepacs.platform import health, versions
 from securepacs.platform.cves import KNOWN
 
 pytestmark = pytest.mark.integration

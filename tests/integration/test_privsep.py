@@ -19,7 +19,7 @@ from conftest import Archive, _start, make_archive, stop_archive
 
 from securepacs.audit import iter_entries
 from securepacs.client import store
-from securepacs.synth import StudySpec, write_study
+from securepacs_tools.synth import StudySpec, write_study
 
 # PKCS#8 PEM header, spelled in two parts so that no tracked file looks like it holds a key.
 PEM_KEY_HEADER = "-----BEGIN " + "PRIVATE KEY-----"

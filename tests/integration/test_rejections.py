@@ -36,8 +36,9 @@ import pytest
 from cryptography.x509.oid import NameOID
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from securepacs import pki, synth
 from securepacs.client import Connection, ConnectionFailed, TlsConfig, echo, store
+from securepacs.pki import authority
+from securepacs_tools import synth
 
 pytestmark = pytest.mark.integration
 
@@ -334,18 +335,18 @@ def crafted(archive, tmp_path_factory) -> dict[str, Credential]:
     property (issuer, validity, extended key usage) can be the reason for a refusal.
     """
     out = tmp_path_factory.mktemp("crafted-certs")
-    ca_key, ca_cert = pki.Pki(archive.certs_dir).load_ca()
-    leaf_key = pki.generate_key("rsa3072")
+    ca_key, ca_cert = authority.Pki(archive.certs_dir).load_ca()
+    leaf_key = authority.generate_key("rsa3072")
     identity = {
-        "uris": pki.clinic_uris("clinicA", ["CLINICA"]),
-        "organization": pki.CLINIC_ORGANIZATION,
+        "uris": authority.clinic_uris("clinicA", ["CLINICA"]),
+        "organization": authority.CLINIC_ORGANIZATION,
         "key": leaf_key,
     }
     now = datetime.now(UTC)
     certs = {
         # Same recipe as the refused ones, but valid: the control.
-        "valid-control": pki.make_cert(ca_key, ca_cert, "clinicA", usage="client", days=30, **identity)[1],
-        "expired": pki.make_cert(
+        "valid-control": authority.make_cert(ca_key, ca_cert, "clinicA", usage="client", days=30, **identity)[1],
+        "expired": authority.make_cert(
             ca_key,
             ca_cert,
             "clinicA",
@@ -354,7 +355,7 @@ def crafted(archive, tmp_path_factory) -> dict[str, Credential]:
             not_after=now - timedelta(days=1),
             **identity,
         )[1],
-        "not-yet-valid": pki.make_cert(
+        "not-yet-valid": authority.make_cert(
             ca_key,
             ca_cert,
             "clinicA",
@@ -363,22 +364,22 @@ def crafted(archive, tmp_path_factory) -> dict[str, Credential]:
             not_after=now + timedelta(days=30),
             **identity,
         )[1],
-        "serverAuth-only": pki.make_cert(ca_key, ca_cert, "clinicA", usage="server", days=30, **identity)[1],
+        "serverAuth-only": authority.make_cert(ca_key, ca_cert, "clinicA", usage="server", days=30, **identity)[1],
     }
-    other_ca_key = pki.generate_key("rsa3072")
-    other_key, other_cert = pki.make_ca("Another CA", days=365, key=other_ca_key)
-    certs["other-ca"] = pki.make_cert(other_key, other_cert, "clinicA", usage="client", days=30, **identity)[1]
+    other_ca_key = authority.generate_key("rsa3072")
+    other_key, other_cert = authority.make_ca("Another CA", days=365, key=other_ca_key)
+    certs["other-ca"] = authority.make_cert(other_key, other_cert, "clinicA", usage="client", days=30, **identity)[1]
     # A look-alike CA: the very same subject DN as the archive's CA, a different key.
     our_cn = ca_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    twin_key, twin_cert = pki.make_ca(our_cn, days=365, key=other_ca_key)
+    twin_key, twin_cert = authority.make_ca(our_cn, days=365, key=other_ca_key)
     assert twin_cert.subject == ca_cert.subject
-    certs["look-alike-ca"] = pki.make_cert(twin_key, twin_cert, "clinicA", usage="client", days=30, **identity)[1]
+    certs["look-alike-ca"] = authority.make_cert(twin_key, twin_cert, "clinicA", usage="client", days=30, **identity)[1]
 
     key_path = out / "leaf.key"
-    pki.write_key(key_path, leaf_key)
+    authority.write_key(key_path, leaf_key)
     result = {}
     for name, cert in certs.items():
-        pki.write_cert(out / f"{name}.crt", cert)
+        authority.write_cert(out / f"{name}.crt", cert)
         result[name] = Credential(out / f"{name}.crt", key_path)
     return result
 

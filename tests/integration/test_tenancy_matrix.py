@@ -24,10 +24,10 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 from test_dimse import TlsTunnel, dcmtk_tls
 
-from securepacs import dicom_status
 from securepacs.client import find, get, move, store
-from securepacs.synth import StudySpec, instance, write_study
-from securepacs.tenancy import orthanc_id
+from securepacs.dicom import status_codes
+from securepacs.tenancy.ownership import orthanc_id
+from securepacs_tools.synth import StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration
 
@@ -225,7 +225,7 @@ def test_dcmtk_findscu_sees_only_its_clinic(world):
 def assert_move_refused(result) -> None:
     # Plugin 4.0's move callback cannot choose the status: Orthanc 1.10.1 reports a refusal raised there as
     # a failed sub-operation under 0xB000 (Sub-operations Complete - One or more Failures), never success.
-    assert result.status == dicom_status.SUBOPS_COMPLETE_WITH_FAILURES and result.failed >= 1, result.report("C-MOVE")
+    assert result.status == status_codes.SUBOPS_COMPLETE_WITH_FAILURES and result.failed >= 1, result.report("C-MOVE")
 
 
 def test_cmove_own_study_reaches_own_destination_only(world, move_scp):
@@ -289,7 +289,7 @@ def test_cget_of_another_clinics_study_is_refused_by_the_gateway(world, tmp_path
     b1 = world.b.studies[0]
     result = get(conn, "STUDY", {"StudyInstanceUID": b1.study_uid}, out_dir=tmp_path)
     # The gateway answers the C-GET-RQ itself: Refused, Not Authorized; nothing reaches Orthanc.
-    assert result.status == dicom_status.REFUSED_NOT_AUTHORIZED and result.files == 0, result.report("C-GET")
+    assert result.status == status_codes.REFUSED_NOT_AUTHORIZED and result.files == 0, result.report("C-GET")
     assert not list(tmp_path.iterdir())
 
 

@@ -33,9 +33,9 @@ from _webapp_env import (
 )
 from PIL import Image
 
-from securepacs import totp
+from securepacs.access import totp
 from securepacs.client import store
-from securepacs.tenancy import orthanc_id
+from securepacs.tenancy.ownership import orthanc_id
 from securepacs.webapp import windowing
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import passwords
-from securepacs.accounts import Accounts, AccountSettings
-from securepacs.store import Store
+from securepacs.access import passwords
+from securepacs.access.accounts import Accounts, AccountSettings
+from securepacs.store.database import Store
 
 ADMIN_PW = "Admin-password-1234"
 PW = "Doctor-password-5678"

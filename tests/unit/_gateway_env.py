@@ -18,18 +18,18 @@ from typing import Any
 
 from cryptography import x509
 
-from securepacs import pki
 from securepacs.gateway import Gateway, GatewayConfig
 from securepacs.gateway import pdu as pdu_mod
-from securepacs.store import CertificateRecord, Store
+from securepacs.pki import authority
+from securepacs.store.database import CertificateRecord, Store
 
 AET = "SECUREPACS"
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT = "1.2.840.10008.1.2"
 
 
-def ec_key() -> pki.PrivateKey:
-    return pki.generate_key("ec-p256")
+def ec_key() -> authority.PrivateKey:
+    return authority.generate_key("ec-p256")
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,10 @@ class Pki:
     def __init__(self, root: Path):
         self.root = root
         self._issued = 0
-        self.clinic_ca_key, self.clinic_ca_cert = pki.make_ca("Test clinic CA", days=3, key=ec_key())
-        self.internal_ca_key, self.internal_ca_cert = pki.make_ca("Test internal CA", days=3, key=ec_key())
+        self.clinic_ca_key, self.clinic_ca_cert = authority.make_ca("Test clinic CA", days=3, key=ec_key())
+        self.internal_ca_key, self.internal_ca_cert = authority.make_ca("Test internal CA", days=3, key=ec_key())
         self.clinic_ca = self._write_cert("ca/ca.crt", self.clinic_ca_cert)
-        pki.write_key(root / "ca" / "ca.key", self.clinic_ca_key)
+        authority.write_key(root / "ca" / "ca.key", self.clinic_ca_key)
         self.internal_ca = self._write_cert("internal/ca.crt", self.internal_ca_cert)
         self.crl = root / "ca" / "crl.pem"
         loopback = {"dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}
@@ -59,26 +59,26 @@ class Pki:
 
     def _write_cert(self, rel: str, cert: x509.Certificate) -> Path:
         path = self.root / rel
-        pki.write_cert(path, cert)
+        authority.write_cert(path, cert)
         return path
 
     def issue(self, rel: str, cn: str, usage: str, *, internal: bool = False, **kwargs: Any) -> Credential:
         ca_key, ca_cert = ((self.internal_ca_key, self.internal_ca_cert) if internal
                            else (self.clinic_ca_key, self.clinic_ca_cert))
         kwargs.setdefault("days", 1)
-        key, cert = pki.make_cert(ca_key, ca_cert, cn, usage=usage, key=ec_key(), **kwargs)
+        key, cert = authority.make_cert(ca_key, ca_cert, cn, usage=usage, key=ec_key(), **kwargs)
         key_path, cert_path = self.root / f"{rel}.key", self.root / f"{rel}.crt"
-        pki.write_key(key_path, key, overwrite=True)
-        pki.write_cert(cert_path, cert)
+        authority.write_key(key_path, key, overwrite=True)
+        authority.write_cert(cert_path, cert)
         return Credential(cert_path, key_path, cert.serial_number, cert)
 
     def clinic(self, name: str, aets: list[str], **kwargs: Any) -> Credential:
-        kwargs.setdefault("uris", pki.clinic_uris(name, aets))
+        kwargs.setdefault("uris", authority.clinic_uris(name, aets))
         self._issued += 1  # one file pair per certificate: re-issuing must not replace a clinic's files
         return self.issue(f"clinics/{name}-{self._issued}", name, kwargs.pop("usage", "client"), **kwargs)
 
     def write_crl(self, serials: list[int]) -> None:
-        pki.Pki(self.root).write_crl([(s, datetime.now().astimezone()) for s in serials], days=1)
+        authority.Pki(self.root).write_crl([(s, datetime.now().astimezone()) for s in serials], days=1)
 
 
 def enrol(store: Store, cred: Credential, clinic: str, aets: list[str],
@@ -86,7 +86,7 @@ def enrol(store: Store, cred: Credential, clinic: str, aets: list[str],
     store.add_clinic(clinic, aets, *(move or (None, None)))
     cert = cred.certificate
     store.add_certificate(CertificateRecord(str(cert.serial_number), clinic, cert.subject.rfc4514_string(),
-                                            pki.fingerprint_sha256(cert), cert.not_valid_before_utc.isoformat(),
+                                            authority.fingerprint_sha256(cert), cert.not_valid_before_utc.isoformat(),
                                             cert.not_valid_after_utc.isoformat()))
 
 

@@ -9,7 +9,7 @@ whatever a test puts in ``rest_get``, ``rest_post`` and ``resources``). Like the
 answer ``bytes`` and lookups of an unknown UID raise ``OrthancException``.
 
 ``installed(stub)`` puts it in ``sys.modules`` for the duration of a ``with`` block and afterwards removes
-it together with every module that imported it (``securepacs.adapter``, ``securepacs_plugin``) and restores
+it together with every module that imported it (``securepacs.archive.adapter``, ``securepacs_plugin``) and restores
 the ``securepacs`` logger, so nothing outside the block ever sees the stub.
 """
 
@@ -31,7 +31,7 @@ HTTP_METHODS = {"GET": 1, "POST": 2, "PUT": 3, "DELETE": 4}
 INSTANCE_ORIGINS = {"UNKNOWN": 1, "DICOM_PROTOCOL": 2, "REST_API": 3, "PLUGIN": 4, "LUA": 5, "WEB_DAV": 6}
 
 # Modules that hold a reference to the stub once imported under it.
-DEPENDENT_MODULES = ("securepacs.adapter", "securepacs_plugin")
+DEPENDENT_MODULES = ("securepacs.archive.adapter", "securepacs_plugin")
 
 
 class StubNotImplemented(AttributeError):
@@ -300,10 +300,10 @@ class FakeRestOutput:
 @contextmanager
 def installed(stub: OrthancStub) -> Iterator[OrthancStub]:
     """Make ``import orthanc`` return ``stub`` inside the block; undo everything afterwards."""
-    import securepacs
+    import securepacs.archive
 
     saved = {name: sys.modules.get(name) for name in ("orthanc", *DEPENDENT_MODULES)}
-    saved_attr = securepacs.__dict__.get("adapter")
+    saved_attr = securepacs.archive.__dict__.get("adapter")
     logger = logging.getLogger("securepacs")
     saved_logger = (list(logger.handlers), logger.level, logger.propagate)
     for name in DEPENDENT_MODULES:
@@ -318,9 +318,9 @@ def installed(stub: OrthancStub) -> Iterator[OrthancStub]:
             else:
                 sys.modules[name] = module
         if saved_attr is None:
-            securepacs.__dict__.pop("adapter", None)
+            securepacs.archive.__dict__.pop("adapter", None)
         else:
-            securepacs.adapter = saved_attr  # type: ignore[attr-defined]
+            securepacs.archive.adapter = saved_attr  # type: ignore[attr-defined]
         logger.handlers[:] = saved_logger[0]
         logger.setLevel(saved_logger[1])
         logger.propagate = saved_logger[2]

@@ -14,11 +14,11 @@ import pytest
 # The shared fixtures are imported by name; tests receive them as parameters of the same names.
 from _accounts_env import ADMIN_PW, PW, Clock, accounts, clock, fast_hash, store  # noqa: F401
 
-from securepacs import account_api, passwords, totp
-from securepacs.accounts import LOGIN_FAILED, Accounts
-from securepacs.identity import Principal
-from securepacs.store import Store
-from securepacs.web import Request, Response
+from securepacs.access import account_api, passwords, totp
+from securepacs.access.accounts import LOGIN_FAILED, Accounts
+from securepacs.access.principal import Principal
+from securepacs.store.database import Store
+from securepacs.web.messages import Request, Response
 
 JSON = {"content-type": "application/json"}
 

@@ -14,9 +14,9 @@ import pytest
 # The shared fixtures are imported by name; tests receive them as parameters of the same names.
 from _accounts_env import ADMIN_PW, PW, Clock, accounts, clock, fast_hash, store  # noqa: F401
 
-from securepacs import accounts as accounts_mod
-from securepacs import deploy, passwords, totp
-from securepacs.accounts import (
+from securepacs.access import accounts as accounts_mod
+from securepacs.access import passwords, totp
+from securepacs.access.accounts import (
     LOGIN_FAILED,
     SESSION_COOKIE,
     THROTTLED,
@@ -33,10 +33,11 @@ from securepacs.accounts import (
     session_token,
     token_hash,
 )
-from securepacs.identity import Principal
-from securepacs.plugin_config import PluginConfig
-from securepacs.store import Store
-from securepacs.user_admin import WeakPassword
+from securepacs.access.principal import Principal
+from securepacs.access.user_admin import WeakPassword
+from securepacs.config.plugin_settings import PluginConfig
+from securepacs.ops import deploy
+from securepacs.store.database import Store
 
 IP = "203.0.113.9"
 

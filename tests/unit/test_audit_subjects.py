@@ -23,14 +23,14 @@ from test_plugin_app import (
 )
 from test_plugin_modalities import FakeModalityApi
 
-from securepacs import passwords
-from securepacs.app import SecurePacsApp
+from securepacs.access import passwords
+from securepacs.access.principal import GATEWAY, PHYSICIAN
+from securepacs.archive.app import SecurePacsApp
+from securepacs.archive.move_scp import MoveRefused
 from securepacs.audit import create_checkpoint_key, iter_entries
-from securepacs.identity import GATEWAY, PHYSICIAN
-from securepacs.move import MoveRefused
-from securepacs.plugin_config import PluginConfig
-from securepacs.tenancy import orthanc_id, read_ids
-from securepacs.web import Request
+from securepacs.config.plugin_settings import PluginConfig
+from securepacs.tenancy.ownership import orthanc_id, read_ids
+from securepacs.web.messages import Request
 
 GATEWAY_PW = "gateway-password-1234"
 

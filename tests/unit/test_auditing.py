@@ -20,14 +20,15 @@ from test_plugin_app import (
 )
 from test_plugin_modalities import FakeModalityApi
 
-from securepacs import dicom_status, passwords
-from securepacs.app import SecurePacsApp
+from securepacs.access import passwords
+from securepacs.access.principal import AUDITOR, PHYSICIAN
+from securepacs.archive.app import SecurePacsApp
 from securepacs.audit import create_checkpoint_key, iter_entries, public_key_path, verify
-from securepacs.identity import AUDITOR, PHYSICIAN
-from securepacs.plugin_config import PluginConfig
-from securepacs.synth import StudySpec
-from securepacs.tenancy import read_ids
-from securepacs.web import Request
+from securepacs.config.plugin_settings import PluginConfig
+from securepacs.dicom import status_codes
+from securepacs.tenancy.ownership import read_ids
+from securepacs.web.messages import Request
+from securepacs_tools.synth import StudySpec
 
 AUDITOR_PW = "auditor-password-1234"
 PROXY_SECRET = "auditing-test-proxy-secret-0123456789abcdef"
@@ -64,7 +65,7 @@ def names(app: SecurePacsApp) -> list[tuple[str, str, int]]:
 
 def test_store_is_recorded_with_patient_study_and_instance(app: SecurePacsApp) -> None:
     data = dicom_bytes(SPEC)
-    assert app.on_cstore(data, "NORTH_CT") == dicom_status.SUCCESS
+    assert app.on_cstore(data, "NORTH_CT") == status_codes.SUCCESS
     [record] = records(app)[1:]
     assert (record["event"]["code"], record["action"], record["outcome"]) == ("110104", "C", 0)
     objects = {o["id_type"]["code"]: o for o in record["objects"]}
@@ -76,9 +77,9 @@ def test_store_is_recorded_with_patient_study_and_instance(app: SecurePacsApp) -
 
 
 def test_refused_and_cross_tenant_stores_are_recorded_as_failures_and_alerts(app: SecurePacsApp) -> None:
-    assert app.on_cstore(dicom_bytes(SPEC), "EVIL_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
-    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
-    assert app.on_cstore(dicom_bytes(SPEC, 1), "SOUTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert app.on_cstore(dicom_bytes(SPEC), "EVIL_CT") == status_codes.REFUSED_NOT_AUTHORIZED
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == status_codes.SUCCESS
+    assert app.on_cstore(dicom_bytes(SPEC, 1), "SOUTH_CT") == status_codes.REFUSED_NOT_AUTHORIZED
     assert names(app) == [("110104", "C", 8), ("110104", "C", 0), ("110113", "E", 8), ("110104", "C", 8)]
     alert = records(app)[3]
     assert alert["event_types"][0]["code"] == "110132"  # Use of Restricted Function
@@ -142,7 +143,7 @@ def audit_request(get: dict[str, str], user: str = "ann", password: str = AUDITO
 
 def test_auditors_search_the_trail_and_the_search_is_recorded(app: SecurePacsApp) -> None:
     handler = dict(app.routes())["/securepacs/api/audit"]
-    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == status_codes.SUCCESS
     assert app.filter_http("/securepacs/api/audit", 1, "127.0.0.1", basic("ann", AUDITOR_PW)) is True
     response = handler(audit_request({"patient": SPEC.patient_id}))
     assert response.status == 200 and response.content_type == "application/x-ndjson"
@@ -176,7 +177,7 @@ def test_only_auditors_read_the_trail(app: SecurePacsApp) -> None:
 
 def test_the_chain_of_a_session_verifies_with_a_signed_checkpoint(app: SecurePacsApp) -> None:
     app.on_started()
-    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == status_codes.SUCCESS
     trail = app.audit.trail
     assert trail is not None
     trail.checkpoint("test")

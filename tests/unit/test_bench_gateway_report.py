@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from securepacs.bench import gateway_report, report
-from securepacs.bench.fmt import Target, ratio_target
-from securepacs.bench.model import DATASETS, Cell, CellResult, EchoRun, GatewayFigures, Results, Run, p95
+from securepacs_tools.bench import gateway_report, report
+from securepacs_tools.bench.fmt import Target, ratio_target
+from securepacs_tools.bench.model import DATASETS, Cell, CellResult, EchoRun, GatewayFigures, Results, Run, p95
 
 DS = "ct"
 
@@ -21,7 +21,7 @@ def _results(cells: dict[Cell, list[Run]], echo: EchoRun | None = None) -> Resul
                    cells=[CellResult(c, list(runs)) for c, runs in cells.items()],
                    handshake_ms={("d", "1.3"): [5.0, 6.0, 30.0], ("f", "1.3"): [4.0, 4.5, 5.0]},
                    association_ms={("d", "1.3"): [15.0, 16.0, 17.0], ("f", "1.3"): [8.0, 9.0, 10.0]},
-                   gateway=GatewayFigures(command="python -m securepacs.cli gateway", idle_rss_kb=40_000,
+                   gateway=GatewayFigures(command="python -m securepacs.cli.main gateway", idle_rss_kb=40_000,
                                           hwm_kb=60_000, echo=echo, pace_per_s=15.0))
 
 
@@ -93,5 +93,5 @@ def test_report_renders_the_gateway_section_and_rows() -> None:
     text = report.render(_results(cells, EchoRun(1000, 50, 70.0, 0, 50_000, 50_500, 51_000, [(0, 50_000)])), [])
     assert "## Gateway (d) vs Orthanc native TLS (f)" in text
     assert "| storescu Nagle on x1 TLS 1.3 |" in text
-    assert "`python -m securepacs.cli gateway`" in text
+    assert "`python -m securepacs.cli.main gateway`" in text
     assert "gateway/direct: (d) / (f), storescu TLS1.3" in text

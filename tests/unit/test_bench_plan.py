@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import settings
-from securepacs.bench import configs, fullstack
-from securepacs.bench.model import Cell
-from securepacs.bench.plan import plan
-from securepacs.bench.probes import PACE_PER_S, Pacer
-from securepacs.bench.specs import SHARES_STACK, SPECS
-from securepacs.gateway.config import GatewayConfig
+from securepacs.config import environment
+from securepacs.config.gateway_settings import GatewayConfig
+from securepacs_tools.bench import configs, fullstack
+from securepacs_tools.bench.model import Cell
+from securepacs_tools.bench.plan import plan
+from securepacs_tools.bench.probes import PACE_PER_S, Pacer
+from securepacs_tools.bench.specs import SHARES_STACK, SPECS
 
 
 def test_every_configuration_has_a_quick_cell() -> None:
@@ -62,10 +62,10 @@ def test_shared_stacks_name_a_gateway_configuration() -> None:
 
 
 def test_exported_settings_are_what_the_gateway_child_reads(tmp_path: Path) -> None:
-    s = settings.Settings(data_dir=tmp_path / "data", certs_dir=tmp_path / "certs", dicom_port=40001,
+    s = environment.Settings(data_dir=tmp_path / "data", certs_dir=tmp_path / "certs", dicom_port=40001,
                           https_port=40002, http_port=40003, internal_dicom_port=40004, egress_port=40005,
                           aet="SECUREPACS", hostnames=("localhost", "127.0.0.1"))
-    assert settings.from_env(fullstack.settings_env(s), cwd=Path("/")) == s
+    assert environment.from_env(fullstack.settings_env(s), cwd=Path("/")) == s
 
 
 def test_probes_stay_below_the_gateway_rate_limit() -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from securepacs.bench import image, platform_report, report
-from securepacs.bench.model import DATASETS, IMAGE, NATIVE, Cell, CellResult, Results, Run
-from securepacs.bench.plan import plan, reference_cell
-from securepacs.bench.specs import SPECS
+from securepacs_tools.bench import image, platform_report, report
+from securepacs_tools.bench.model import DATASETS, IMAGE, NATIVE, Cell, CellResult, Results, Run
+from securepacs_tools.bench.plan import plan, reference_cell
+from securepacs_tools.bench.specs import SPECS
 
 BOTH = (NATIVE, IMAGE)
 
@@ -44,7 +44,8 @@ def test_container_shares_the_host_network_pids_and_work_directory(tmp_path: Pat
     joined = " ".join(cmd)
     assert "--network host" in joined and "--pid host" in joined and "--user 0" in joined
     assert f"{tmp_path}:{tmp_path}" in cmd
-    assert cmd[cmd.index("securepacs:test") + 1:] == ["-m", "securepacs.bench.image", "serve", str(tmp_path), "d", "f"]
+    assert cmd[cmd.index("securepacs:test") + 1:] == ["-m", "securepacs_tools.bench.image", "serve", str(tmp_path),
+                                                      "d", "f"]
 
 
 def test_host_pid_sees_a_live_and_a_finished_process() -> None:

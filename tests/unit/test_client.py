@@ -28,8 +28,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from securepacs import cli
-from securepacs import pki as pki_mod
+from securepacs.cli import main
 from securepacs.client import (
     ClientError,
     Connection,
@@ -43,6 +42,7 @@ from securepacs.client import (
     scu,
     store,
 )
+from securepacs.pki import authority as pki_mod
 
 
 @dataclass(frozen=True)
@@ -453,7 +453,7 @@ def tls_args(pki: Pki) -> list[str]:
 
 
 def test_cli_echo(scp: TestSCP, pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli.main(["client", "echo", *tls_args(pki), "-aet", "CLINIC1", "-aec", "SECUREPACS",
+    rc = main.main(["client", "echo", *tls_args(pki), "-aet", "CLINIC1", "-aec", "SECUREPACS",
                    "-ta", "5", "127.0.0.1", str(scp.port)])
     assert rc == 0
     assert "0x0000" in capsys.readouterr().out
@@ -463,20 +463,20 @@ def test_cli_echo_connection_refused(pki: Pki, capsys: pytest.CaptureFixture[str
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rc = cli.main(["client", "echo", *tls_args(pki), "127.0.0.1", str(port)])
+    rc = main.main(["client", "echo", *tls_args(pki), "127.0.0.1", str(port)])
     assert rc == 3
     assert f"connection refused by 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_cli_requires_client_credentials(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli.main(["client", "echo", "--ca", str(pki.ca), "127.0.0.1", "2762"])
+    rc = main.main(["client", "echo", "--ca", str(pki.ca), "127.0.0.1", "2762"])
     assert rc == 2
     assert "--cert and --key, or --p12" in capsys.readouterr().err
 
 
 def test_cli_store(scp: TestSCP, pki: Pki, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (folder / "series2" / "notes.txt").unlink()
-    rc = cli.main(["client", "store", *tls_args(pki), "--parallel", "2", "--no-progress",
+    rc = main.main(["client", "store", *tls_args(pki), "--parallel", "2", "--no-progress",
                    "127.0.0.1", str(scp.port), str(folder)])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -486,7 +486,7 @@ def test_cli_store(scp: TestSCP, pki: Pki, folder: Path, capsys: pytest.CaptureF
 
 def test_cli_store_exit_status_when_a_file_is_not_sent(scp: TestSCP, pki: Pki, folder: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli.main(["client", "store", *tls_args(pki), "127.0.0.1", str(scp.port), str(folder)])
+    rc = main.main(["client", "store", *tls_args(pki), "127.0.0.1", str(scp.port), str(folder)])
     out = capsys.readouterr().out
     assert rc == 1
     assert "notes.txt: not a DICOM file" in out
@@ -494,7 +494,7 @@ def test_cli_store_exit_status_when_a_file_is_not_sent(scp: TestSCP, pki: Pki, f
 
 def test_cli_find_prints_json_lines(make_scp, pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     scp = make_scp(matches=[_study("1.2.3", "P1")])
-    rc = cli.main(["client", "find", *tls_args(pki), "-S", "-k", "QueryRetrieveLevel=STUDY",
+    rc = main.main(["client", "find", *tls_args(pki), "-S", "-k", "QueryRetrieveLevel=STUDY",
                    "-k", "PatientID=", "127.0.0.1", str(scp.port)])
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()

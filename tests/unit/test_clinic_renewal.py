@@ -10,17 +10,17 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securepacs import clinic_renewal, clinics, pki
-from securepacs.cli import main
-from securepacs.clinics import EnrolmentError
-from securepacs.pki import Pki, PkiError
-from securepacs.store import Store, StoreError
+from securepacs.cli.main import main
+from securepacs.pki import authority, enrolment, renewal
+from securepacs.pki.authority import Pki, PkiError
+from securepacs.pki.enrolment import EnrolmentError
+from securepacs.store.database import Store, StoreError
 
 
 @pytest.fixture(autouse=True)
 def fast_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pki, "CA_KEY_KIND", "ec-p256")
-    monkeypatch.setattr(pki, "LEAF_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(authority, "CA_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(authority, "LEAF_KEY_KIND", "ec-p256")
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Store, Pki]]:
 
 
 def usages(path: Path) -> list[x509.ObjectIdentifier]:
-    return list(pki.load_cert(path).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    return list(authority.load_cert(path).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
 
 
 def test_renewal_gives_an_old_client_only_bundle_the_scp_role(world: tuple[Store, Pki]) -> None:
@@ -43,41 +43,42 @@ def test_renewal_gives_an_old_client_only_bundle_the_scp_role(world: tuple[Store
     old = p.issue_clinic("north", ["NORTH"], days=30)
     assert usages(old.cert_path) == [ExtendedKeyUsageOID.CLIENT_AUTH]
 
-    clinic, new, superseded = clinic_renewal.renew(store, p, "north", days=60)
+    clinic, new, superseded = renewal.renew(store, p, "north", days=60)
     assert clinic.name == "north" and new.directory == old.directory and new.serial != old.serial
     assert usages(new.cert_path) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    san = pki.load_cert(new.cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    san = authority.load_cert(new.cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
-    assert pki.clinic_identity(pki.load_cert(new.cert_path)) == ("north", ("NORTH",))
-    assert pki.load_key(new.key_path).private_numbers() != pki.load_key(superseded / "clinic.key").private_numbers()
+    assert authority.clinic_identity(authority.load_cert(new.cert_path)) == ("north", ("NORTH",))
+    old_key = authority.load_key(superseded / "clinic.key")
+    assert authority.load_key(new.key_path).private_numbers() != old_key.private_numbers()
     # The previous bundle is kept aside (its certificate stays valid until it expires); both are recorded.
     assert superseded == p.certs_dir / "clinics" / ".superseded" / f"north-{old.serial}"
-    assert pki.load_cert(superseded / "clinic.crt").serial_number == old.serial
+    assert authority.load_cert(superseded / "clinic.crt").serial_number == old.serial
     assert [c.serial for c in store.certificates("north")] == [str(new.serial)]  # only renew() records here
-    assert clinics.list_clinics(store)[0].days_left in (59, 60)
+    assert enrolment.list_clinics(store)[0].days_left in (59, 60)
 
 
 def test_renewal_refusals_keep_the_bundle(world: tuple[Store, Pki], monkeypatch: pytest.MonkeyPatch) -> None:
     store, p = world
-    clinics.enrol(store, p, "north", ["NORTH"])
+    enrolment.enrol(store, p, "north", ["NORTH"])
     bundle = p.clinic_dir("north")
     before = (bundle / "clinic.crt").read_bytes()
     with pytest.raises(EnrolmentError, match="366 days is invalid"):
-        clinic_renewal.renew(store, p, "north", days=366)
+        renewal.renew(store, p, "north", days=366)
     with pytest.raises(StoreError, match="unknown clinic 'south'"):
-        clinic_renewal.renew(store, p, "south")
+        renewal.renew(store, p, "south")
 
     def broken(*args: object, **kwargs: object) -> None:
         raise PkiError("disk full")
 
     monkeypatch.setattr(Pki, "issue_clinic", broken)
     with pytest.raises(PkiError, match="disk full"):
-        clinic_renewal.renew(store, p, "north")
+        renewal.renew(store, p, "north")
     assert (bundle / "clinic.crt").read_bytes() == before  # moved back
     monkeypatch.undo()
-    clinics.revoke(store, p, "north")
+    enrolment.revoke(store, p, "north")
     with pytest.raises(EnrolmentError, match="revoked clinic gets no new certificate"):
-        clinic_renewal.renew(store, p, "north")
+        renewal.renew(store, p, "north")
 
 
 def test_cli_clinic_renew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from securepacs import clinics, pki
-from securepacs.cli import main
-from securepacs.clinics import EnrolmentError
-from securepacs.pki import Pki, PkiError
-from securepacs.store import Store, StoreError
+from securepacs.cli.main import main
+from securepacs.pki import authority, enrolment
+from securepacs.pki.authority import Pki, PkiError
+from securepacs.pki.enrolment import EnrolmentError
+from securepacs.store.database import Store, StoreError
 
 
 @pytest.fixture(autouse=True)
 def fast_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # Key size is covered by test_pki.test_real_defaults; here EC keys keep the tests fast.
-    monkeypatch.setattr(pki, "CA_KEY_KIND", "ec-p256")
-    monkeypatch.setattr(pki, "LEAF_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(authority, "CA_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(authority, "LEAF_KEY_KIND", "ec-p256")
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def state(store: Store, p: Pki) -> tuple[Any, ...]:
 
 def test_enrol(world: tuple[Store, Pki]) -> None:
     store, p = world
-    clinic, bundle = clinics.enrol(store, p, "north", ["NORTH_CT", " MR 1"], "10.0.0.5", 11112, days=30)
+    clinic, bundle = enrolment.enrol(store, p, "north", ["NORTH_CT", " MR 1"], "10.0.0.5", 11112, days=30)
     assert clinic.name == "north" and clinic.aets == ("NORTH_CT", "MR 1")  # AE padding is not significant
     assert store.get_clinic("north").move_host == "10.0.0.5"
     assert store.clinic_for_aet("MR 1") == store.get_clinic("north")
@@ -66,8 +66,8 @@ def test_enrol(world: tuple[Store, Pki]) -> None:
     assert rec.fingerprint_sha256 == bundle.fingerprint
     assert rec.subject == "O=SecurePACS clinic,CN=north"
     assert datetime.fromisoformat(rec.not_after) == bundle.not_after
-    cert = pki.load_cert(bundle.cert_path)
-    assert pki.clinic_identity(cert) == ("north", ("NORTH_CT", "MR 1"))
+    cert = authority.load_cert(bundle.cert_path)
+    assert authority.clinic_identity(cert) == ("north", ("NORTH_CT", "MR 1"))
     assert bundle.directory == p.clinic_dir("north")
 
 
@@ -75,7 +75,7 @@ def test_enrol_needs_a_ca(tmp_path: Path) -> None:
     store = Store(tmp_path / "securepacs.db")
     p = Pki(tmp_path / "certs")
     with pytest.raises(EnrolmentError, match="run `securepacs pki init` first"):
-        clinics.enrol(store, p, "north", ["A"])
+        enrolment.enrol(store, p, "north", ["A"])
     assert store.list_clinics() == [] and not p.certs_dir.exists()
     store.close()
 
@@ -106,22 +106,22 @@ def test_enrol_needs_a_ca(tmp_path: Path) -> None:
 def test_enrol_refusals_change_nothing(world: tuple[Store, Pki], name: str, aets: list[str],
                                        kwargs: dict[str, Any], match: str) -> None:
     store, p = world
-    clinics.enrol(store, p, "north", ["NORTH_CT", "NORTH_MR"])
+    enrolment.enrol(store, p, "north", ["NORTH_CT", "NORTH_MR"])
     before = state(store, p)
     with pytest.raises(EnrolmentError, match=match):
-        clinics.enrol(store, p, name, aets, **kwargs)
+        enrolment.enrol(store, p, name, aets, **kwargs)
     assert state(store, p) == before
 
 
 def test_revoked_names_and_aets_are_not_reused(world: tuple[Store, Pki]) -> None:
     store, p = world
-    clinics.enrol(store, p, "north", ["NORTH_CT"])
-    clinics.revoke(store, p, "north")
+    enrolment.enrol(store, p, "north", ["NORTH_CT"])
+    enrolment.revoke(store, p, "north")
     before = state(store, p)
     with pytest.raises(EnrolmentError, match=r"already exists \(revoked at"):
-        clinics.enrol(store, p, "north", ["OTHER"])
+        enrolment.enrol(store, p, "north", ["OTHER"])
     with pytest.raises(EnrolmentError, match=r"for clinic 'north' \(revoked"):
-        clinics.enrol(store, p, "south", ["NORTH_CT"])
+        enrolment.enrol(store, p, "south", ["NORTH_CT"])
     assert state(store, p) == before
 
 
@@ -129,7 +129,7 @@ def test_leftover_bundle_directory_is_refused(world: tuple[Store, Pki]) -> None:
     store, p = world
     p.clinic_dir("north").mkdir(parents=True)
     with pytest.raises(EnrolmentError, match=r"bundle directory .* already exists"):
-        clinics.enrol(store, p, "north", ["A"])
+        enrolment.enrol(store, p, "north", ["A"])
     assert store.list_clinics() == []
 
 
@@ -141,7 +141,7 @@ def test_enrol_rolls_back_when_issuing_fails(world: tuple[Store, Pki], monkeypat
 
     monkeypatch.setattr(p, "issue_clinic", broken)
     with pytest.raises(PkiError, match="disk full"):
-        clinics.enrol(store, p, "north", ["A"])
+        enrolment.enrol(store, p, "north", ["A"])
     assert store.list_clinics() == [] and store.clinic_for_aet("A") is None
     assert not p.clinic_dir("north").exists()
 
@@ -154,50 +154,50 @@ def test_enrol_rolls_back_when_recording_fails(world: tuple[Store, Pki], monkeyp
 
     monkeypatch.setattr(store, "add_certificate", broken)
     with pytest.raises(StoreError, match="locked"):
-        clinics.enrol(store, p, "north", ["A"])
+        enrolment.enrol(store, p, "north", ["A"])
     assert store.list_clinics() == [] and store.certificates() == []
     assert not p.clinic_dir("north").exists()
 
 
 def test_revoke_writes_crl(world: tuple[Store, Pki]) -> None:
     store, p = world
-    _, north = clinics.enrol(store, p, "north", ["N"])
-    _, south = clinics.enrol(store, p, "south", ["S"])
-    assert clinics.revoke(store, p, "north") == [str(north.serial)]
+    _, north = enrolment.enrol(store, p, "north", ["N"])
+    _, south = enrolment.enrol(store, p, "south", ["S"])
+    assert enrolment.revoke(store, p, "north") == [str(north.serial)]
     assert store.get_clinic("north").revoked_at is not None
     crl = x509.load_pem_x509_crl(p.crl_path.read_bytes())
-    assert crl.is_signature_valid(pki.load_cert(p.ca_cert_path).public_key())
+    assert crl.is_signature_valid(authority.load_cert(p.ca_cert_path).public_key())
     assert crl.get_revoked_certificate_by_serial_number(north.serial) is not None
     assert crl.get_revoked_certificate_by_serial_number(south.serial) is None
-    clinics.revoke(store, p, "south")
+    enrolment.revoke(store, p, "south")
     crl = x509.load_pem_x509_crl(p.crl_path.read_bytes())
     assert {r.serial_number for r in crl} == {north.serial, south.serial}  # all revoked, not just the last
 
 
 def test_revoke_refusals_change_nothing(world: tuple[Store, Pki], tmp_path: Path) -> None:
     store, p = world
-    clinics.enrol(store, p, "north", ["N"])
+    enrolment.enrol(store, p, "north", ["N"])
     before = state(store, p)
     with pytest.raises(StoreError, match="unknown clinic 'nowhere'"):
-        clinics.revoke(store, p, "nowhere")
+        enrolment.revoke(store, p, "nowhere")
     with pytest.raises(EnrolmentError, match=r"clinic name '\.\./north' is invalid"):
-        clinics.revoke(store, p, "../north")
+        enrolment.revoke(store, p, "../north")
     with pytest.raises(EnrolmentError, match="run `securepacs pki init`"):
-        clinics.revoke(store, Pki(tmp_path / "elsewhere"), "north")
+        enrolment.revoke(store, Pki(tmp_path / "elsewhere"), "north")
     assert state(store, p) == before
 
 
 def test_list_clinics(world: tuple[Store, Pki]) -> None:
     store, p = world
-    assert clinics.list_clinics(store) == []
-    _, bundle = clinics.enrol(store, p, "north", ["N2", "N1"], days=100)
-    clinics.enrol(store, p, "south", ["S"], days=10)
-    clinics.revoke(store, p, "south")
-    north, south = clinics.list_clinics(store)
+    assert enrolment.list_clinics(store) == []
+    _, bundle = enrolment.enrol(store, p, "north", ["N2", "N1"], days=100)
+    enrolment.enrol(store, p, "south", ["S"], days=10)
+    enrolment.revoke(store, p, "south")
+    north, south = enrolment.list_clinics(store)
     assert (north.clinic, north.aets, north.status) == ("north", ("N1", "N2"), "active")
     assert north.expires == bundle.not_after and north.days_left == 99
     assert (south.clinic, south.status) == ("south", "revoked")
-    later = clinics.list_clinics(store, now=datetime.now(UTC) + timedelta(days=101))
+    later = enrolment.list_clinics(store, now=datetime.now(UTC) + timedelta(days=101))
     assert later[0].status == "expired" and later[0].days_left < 0
 
 

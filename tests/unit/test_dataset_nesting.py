@@ -10,7 +10,7 @@ import zlib
 
 import pytest
 
-from securepacs.dataset_limits import nesting, part10, samples
+from securepacs.dataset_limits import nesting, part10
 from securepacs.dataset_limits.nesting import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
@@ -22,6 +22,7 @@ from securepacs.dataset_limits.nesting import (
     TooDeep,
     scanner_for,
 )
+from securepacs_tools import nested_samples
 
 PLAIN = [EXPLICIT_VR_LE, IMPLICIT_VR_LE, EXPLICIT_VR_BE]
 IDS = {"study_uid": "1.2.826.0.1.3680043.10.543.9", "series_uid": "1.2.826.0.1.3680043.10.543.9.1",
@@ -29,7 +30,7 @@ IDS = {"study_uid": "1.2.826.0.1.3680043.10.543.9", "series_uid": "1.2.826.0.1.3
 
 
 def dataset(depth: int, syntax: str, defined: bool) -> bytes:
-    raw = samples.nested_dataset(depth, syntax=syntax if syntax != DEFLATED_EXPLICIT_VR_LE else EXPLICIT_VR_LE,
+    raw = nested_samples.nested_dataset(depth, syntax=syntax if syntax != DEFLATED_EXPLICIT_VR_LE else EXPLICIT_VR_LE,
                                  defined_length=defined)
     if syntax == DEFLATED_EXPLICIT_VR_LE:
         deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -75,7 +76,7 @@ def test_byte_by_byte_and_random_chunks_give_the_same_answer(syntax: str, define
 
 def test_a_real_file_with_a_few_levels_passes_in_every_syntax() -> None:
     for syntax in PLAIN:
-        assert part10.check_file(samples.nested_file(4, syntax=syntax, **IDS)) == 4
+        assert part10.check_file(nested_samples.nested_file(4, syntax=syntax, **IDS)) == 4
 
 
 def _explicit(tag: int, vr: bytes, value: bytes, little: bool = True) -> bytes:
@@ -90,7 +91,7 @@ def _marker(tag: int, length: int, little: bool = True) -> bytes:
 
 
 # A fragment whose bytes look like deeply nested items: they must stay bytes.
-_TRAP = samples.nested_dataset(200, syntax=EXPLICIT_VR_LE)
+_TRAP = nested_samples.nested_dataset(200, syntax=EXPLICIT_VR_LE)
 
 
 def _pixels(little: bool = True, explicit: bool = True) -> bytes:
@@ -107,7 +108,7 @@ def test_encapsulated_pixel_data_is_one_level_and_its_fragments_are_not_parsed(s
     assert scan(data, syntax, max_depth=1) == 1
     assert scan(data, syntax, chunk=1, max_depth=1) == 1
     # Inside nested items (an Icon Image Sequence, say), it is one level more than its item.
-    nested = samples.nested_dataset(3, syntax=syntax)
+    nested = nested_samples.nested_dataset(3, syntax=syntax)
     half = len(nested) - 3 * 16  # inside the innermost item: before the 3 closings (two 8-byte markers each)
     assert scan(nested[:half] + data + nested[half:], syntax, max_depth=4) == 4
     with pytest.raises(TooDeep):
@@ -115,7 +116,7 @@ def test_encapsulated_pixel_data_is_one_level_and_its_fragments_are_not_parsed(s
 
 
 def test_an_undefined_length_un_is_a_sequence_of_implicit_vr_items_even_in_big_endian() -> None:
-    inner = samples.nested_dataset(3, syntax=IMPLICIT_VR_LE)
+    inner = nested_samples.nested_dataset(3, syntax=IMPLICIT_VR_LE)
     data = (struct.pack(">HH2s2xI", 0x0009, 0x1010, b"UN", 0xFFFFFFFF) + _marker(0xFFFEE000, 0xFFFFFFFF)
             + inner + _marker(0xFFFEE00D, 0) + _marker(0xFFFEE0DD, 0))
     assert scan(data, EXPLICIT_VR_BE) == 4
@@ -124,18 +125,18 @@ def test_an_undefined_length_un_is_a_sequence_of_implicit_vr_items_even_in_big_e
 
 
 def test_a_defined_length_un_in_explicit_vr_is_opaque() -> None:
-    data = _explicit(0x00091010, b"UN", samples.nested_dataset(100, syntax=IMPLICIT_VR_LE))
+    data = _explicit(0x00091010, b"UN", nested_samples.nested_dataset(100, syntax=IMPLICIT_VR_LE))
     assert scan(data, EXPLICIT_VR_LE) == 0
 
 
 def test_an_undefined_length_ob_other_than_pixel_data_is_read_as_a_sequence() -> None:
     data = (struct.pack("<HH2s2xI", 0x0009, 0x1010, b"OB", 0xFFFFFFFF) + _marker(0xFFFEE000, 0xFFFFFFFF)
-            + samples.nested_dataset(3) + _marker(0xFFFEE00D, 0) + _marker(0xFFFEE0DD, 0))
+            + nested_samples.nested_dataset(3) + _marker(0xFFFEE00D, 0) + _marker(0xFFFEE0DD, 0))
     assert scan(data, EXPLICIT_VR_LE) == 4
 
 
 def test_implicit_vr_private_element_holding_items_counts_and_other_values_do_not() -> None:
-    inner = samples.nested_dataset(2, syntax=IMPLICIT_VR_LE, defined_length=True)
+    inner = nested_samples.nested_dataset(2, syntax=IMPLICIT_VR_LE, defined_length=True)
     item = _marker(0xFFFEE000, len(inner)) + inner
     private_sequence = _marker(0x00091010, len(item)) + item
     assert scan(private_sequence, IMPLICIT_VR_LE) == 3
@@ -151,7 +152,7 @@ def test_implicit_vr_private_element_holding_items_counts_and_other_values_do_no
     (_explicit(0x0040A730, b"SQ", _marker(0xFFFEE000, 0xFFFFFFFF)), "not closed within its enclosing length"),
     (_explicit(0x00100010, b"PN", b"ABCD")[:-1], "ends inside an element"),
     (_explicit(0x00100010, b"PN", b"ABCD")[:5], "ends inside an element"),
-    (samples.nested_dataset(3)[:-8], "ends inside 1 open sequence level"),
+    (nested_samples.nested_dataset(3)[:-8], "ends inside 1 open sequence level"),
     (b"\x10\x00\x10\x00p\x01\x02\x00AB", "no valid VR"),
     (_pixels()[:12] + _marker(0xFFFEE000, 0xFFFFFFFF), "defined-length fragments"),
 ])
@@ -172,7 +173,7 @@ def test_the_200000_level_object_is_refused_in_bounded_memory_without_recursion(
     if syntax == DEFLATED_EXPLICIT_VR_LE:
         data = dataset(200_000, syntax, False)
     else:
-        data = samples.nested_file(200_000, syntax=syntax, **IDS)
+        data = nested_samples.nested_file(200_000, syntax=syntax, **IDS)
     assert len(data) > (10_000 if syntax == DEFLATED_EXPLICIT_VR_LE else 5_000_000)
     old = sys.getrecursionlimit()
     tracemalloc.start()
@@ -202,7 +203,7 @@ def _stack() -> list[object]:
 def test_the_stack_never_holds_more_than_the_limit() -> None:
     scanner = NestingScanner(explicit=True, max_depth=5)
     with pytest.raises(TooDeep):
-        scanner.feed(samples.nested_dataset(1000))
+        scanner.feed(nested_samples.nested_dataset(1000))
     assert scanner.depth == 5 and len(scanner._stack) <= 2 * 5 + 1
 
 
@@ -212,12 +213,12 @@ def test_max_depth_must_be_positive() -> None:
 
 
 def test_files_without_meta_are_read_the_way_dcmtk_guesses() -> None:
-    explicit = samples.nested_dataset(MAX_DEPTH + 1)
-    implicit = samples.nested_dataset(MAX_DEPTH + 1, syntax=IMPLICIT_VR_LE)
+    explicit = nested_samples.nested_dataset(MAX_DEPTH + 1)
+    implicit = nested_samples.nested_dataset(MAX_DEPTH + 1, syntax=IMPLICIT_VR_LE)
     for data in (explicit, implicit):
         with pytest.raises(TooDeep):
             part10.check_file(data)
-    assert part10.check_file(samples.nested_dataset(3, syntax=IMPLICIT_VR_LE)) == 3
+    assert part10.check_file(nested_samples.nested_dataset(3, syntax=IMPLICIT_VR_LE)) == 3
 
 
 def test_every_other_transfer_syntax_is_explicit_little_endian() -> None:
@@ -227,15 +228,15 @@ def test_every_other_transfer_syntax_is_explicit_little_endian() -> None:
 
 
 def test_a_deflated_file_is_inflated_and_checked() -> None:
-    assert part10.check_file(samples.nested_file(4, syntax=DEFLATED_EXPLICIT_VR_LE, **IDS)) == 4
-    deep = samples.nested_file(200_000, syntax=DEFLATED_EXPLICIT_VR_LE, **IDS)
+    assert part10.check_file(nested_samples.nested_file(4, syntax=DEFLATED_EXPLICIT_VR_LE, **IDS)) == 4
+    deep = nested_samples.nested_file(200_000, syntax=DEFLATED_EXPLICIT_VR_LE, **IDS)
     assert len(deep) < 100_000
     with pytest.raises(TooDeep):
         part10.check_file(deep)
 
 
 def test_a_truncated_file_is_not_refused_for_its_end() -> None:
-    data = samples.nested_file(5, **IDS)
+    data = nested_samples.nested_file(5, **IDS)
     assert part10.check_file(data[:-20]) == 5
     with pytest.raises(TooDeep):
-        part10.check_file(samples.nested_file(MAX_DEPTH + 1, **IDS)[:-20])
+        part10.check_file(nested_samples.nested_file(MAX_DEPTH + 1, **IDS)[:-20])

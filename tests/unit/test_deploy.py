@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import deploy, gateway_account, passwords, plugin_config, user_admin
-from securepacs.deploy import DeployError, ServiceUsers
-from securepacs.internal_pki import InternalPki
-from securepacs.pki import Pki
-from securepacs.settings import Settings
-from securepacs.store import Store
+from securepacs.access import passwords, user_admin
+from securepacs.config import plugin_settings
+from securepacs.config.environment import Settings
+from securepacs.ops import deploy, gateway_account
+from securepacs.ops.deploy import DeployError, ServiceUsers
+from securepacs.pki.authority import Pki
+from securepacs.pki.internal_ca import InternalPki
+from securepacs.store.database import Store
 
 FAKE_UID = 12345
 
@@ -116,7 +118,7 @@ def test_orthanc_runtime_config_passes_the_session_idle_limit(settings: Settings
     cfg = deploy.orthanc_runtime_config(configured, pki, tmp_path / "storage")
     assert cfg["SecurePACS"]["SessionIdleSeconds"] == 600
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
-    assert plugin_config.parse({**base, **cfg}).session_idle_seconds == 600
+    assert plugin_settings.parse({**base, **cfg}).session_idle_seconds == 600
 
 
 def test_every_accepted_session_idle_limit_starts_the_plugin(settings: Settings, pki: Pki, tmp_path: Path) -> None:
@@ -124,7 +126,7 @@ def test_every_accepted_session_idle_limit_starts_the_plugin(settings: Settings,
     configured = dataclasses.replace(settings, session_idle_seconds=43200)
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
     cfg = deploy.orthanc_runtime_config(configured, pki, tmp_path / "storage")
-    assert plugin_config.parse({**base, **cfg}).session_idle_seconds == 43200
+    assert plugin_settings.parse({**base, **cfg}).session_idle_seconds == 43200
 
 
 def test_generated_configuration_is_accepted_by_the_plugin(settings: Settings, pki: Pki, tmp_path: Path) -> None:
@@ -132,7 +134,7 @@ def test_generated_configuration_is_accepted_by_the_plugin(settings: Settings, p
     # and the header nginx sets must be the one the plugin reads.
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
     merged = {**base, **deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")}
-    parsed = plugin_config.parse(merged)
+    parsed = plugin_settings.parse(merged)
     assert parsed.store_path == settings.store_path
     assert parsed.client_ip_header == deploy.CLIENT_IP_HEADER.lower()
     assert parsed.trusted_proxies == ("127.0.0.1", "::1")
@@ -352,7 +354,7 @@ def test_the_audit_trail_is_configured_with_its_key_outside_the_trail(settings: 
     assert "AuditCheckpointKey" not in cfg  # Orthanc must not hold the key: the audit signer (own uid) does
     base = json.loads((deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8"))
     full = {**base, **deploy.orthanc_runtime_config(settings, pki, tmp_path / "storage")}
-    assert plugin_config.parse(full).audit_trail == settings.audit_trail_path
+    assert plugin_settings.parse(full).audit_trail == settings.audit_trail_path
 
 
 def test_the_checkpoint_key_is_created_once_owner_only(tmp_path: Path) -> None:
@@ -372,7 +374,7 @@ def test_the_plain_internal_hop_is_explicit_and_checked_by_host(settings: Settin
     assert (base["DicomTlsEnabled"], base["DicomCheckModalityHost"]) == (False, True)
     assert runtime["SecurePACS"]["InternalHop"] == "plain"
     assert not set(base) & set(runtime)  # Orthanc refuses a key defined in two files of its config dir
-    config = plugin_config.parse({**base, **runtime})
+    config = plugin_settings.parse({**base, **runtime})
     assert config.dicom_tls is False
     # The default stays TLS, byte for byte the shipped base configuration.
     assert deploy.base_config_text(settings) == (deploy.ORTHANC_DIR / "orthanc.json").read_text(encoding="utf-8")

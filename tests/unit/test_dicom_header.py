@@ -12,8 +12,9 @@ from _dicom import element, insert_before
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from securepacs import dicom_header, synth
-from securepacs.tenancy import _IDENT_TAGS, AmbiguousIds, NotDicom, _parsed_ids, read_ids
+from securepacs.dicom import header_reader
+from securepacs.tenancy.ownership import _IDENT_TAGS, AmbiguousIds, NotDicom, _parsed_ids, read_ids
+from securepacs_tools import synth
 
 SPEC = synth.StudySpec(seed="header", slices=1, rows=8, columns=8)
 
@@ -28,7 +29,7 @@ def encode(ds: Dataset, transfer_syntax: str | None = None) -> bytes:
 
 def test_reads_the_synthetic_instance() -> None:
     ds = synth.instance(SPEC, 0)
-    found = dicom_header.identifiers(encode(ds))
+    found = header_reader.identifiers(encode(ds))
     assert found == {
         "PatientID": SPEC.patient_id, "StudyInstanceUID": SPEC.study_uid, "SeriesInstanceUID": SPEC.series_uid,
         "SOPInstanceUID": ds.SOPInstanceUID, "SOPClassUID": ds.SOPClassUID,
@@ -37,7 +38,7 @@ def test_reads_the_synthetic_instance() -> None:
 
 def test_implicit_vr_is_read_too() -> None:
     ds = synth.instance(SPEC, 0)
-    assert dicom_header.identifiers(encode(ds, ImplicitVRLittleEndian))["SOPInstanceUID"] == ds.SOPInstanceUID
+    assert header_reader.identifiers(encode(ds, ImplicitVRLittleEndian))["SOPInstanceUID"] == ds.SOPInstanceUID
 
 
 @pytest.mark.parametrize("change", [
@@ -49,7 +50,7 @@ def test_declines_what_it_does_not_decide(change) -> None:
     ds = synth.instance(SPEC, 0)
     change(ds)
     data = encode(ds)
-    assert dicom_header.identifiers(data) is None
+    assert header_reader.identifiers(data) is None
     read_ids(data)  # pydicom still answers (or refuses) as before
 
 
@@ -60,13 +61,13 @@ def test_declines_an_undefined_length_sequence_before_the_identifiers() -> None:
     ds.ReferencedImageSequence = [item]  # (0008,1140), before (0010,0020)
     data = encode(ds)
     # pydicom writes defined lengths; make this one undefined as some devices do.
-    assert dicom_header.identifiers(data) is not None
+    assert header_reader.identifiers(data) is not None
     raw = bytearray(data)
     at = raw.index(b"\x08\x00\x40\x11SQ\x00\x00")
     length = int.from_bytes(raw[at + 8 : at + 12], "little")
     raw[at + 8 : at + 12] = b"\xff\xff\xff\xff"
     raw[at + 12 + length : at + 12 + length] = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-    assert dicom_header.identifiers(bytes(raw)) is None
+    assert header_reader.identifiers(bytes(raw)) is None
     assert read_ids(bytes(raw)).sop_uid == ds.SOPInstanceUID
 
 
@@ -74,7 +75,7 @@ def test_declines_an_undefined_length_sequence_before_the_identifiers() -> None:
     b"", b"DICM", b"\x00" * 128 + b"DICM", b"\x00" * 128 + b"DICM\x02\x00\x10\x00UI\xff\xff",
 ])
 def test_truncated_or_foreign_input_is_declined(data: bytes) -> None:
-    assert dicom_header.identifiers(data) is None
+    assert header_reader.identifiers(data) is None
 
 
 def _pydicom_files() -> list[Path]:
@@ -86,7 +87,7 @@ def test_agrees_with_pydicom_on_its_test_files() -> None:
     answered = 0
     for path in _pydicom_files():
         data = path.read_bytes()
-        fast = dicom_header.identifiers(data)
+        fast = header_reader.identifiers(data)
         if fast is None:
             continue
         assert {k: fast.get(k, "") for k in _IDENT_TAGS} == _parsed_ids(data), path.name
@@ -125,9 +126,9 @@ CRAFTED = {"repeated": repeated, "out-of-order": out_of_order}
 @pytest.mark.parametrize("layout", sorted(CRAFTED))
 def test_a_repeated_or_out_of_order_identifier_is_refused_not_guessed(layout: str, syntax: str) -> None:
     data = CRAFTED[layout](syntax)
-    with pytest.raises(dicom_header.AmbiguousHeader, match=r"element \(0010,0020\) in the data set is "
+    with pytest.raises(header_reader.AmbiguousHeader, match=r"element \(0010,0020\) in the data set is "
                        + ("repeated" if layout == "repeated" else r"out of order \(after \(0020,000D\)\)")):
-        dicom_header.identifiers(data)
+        header_reader.identifiers(data)
     with pytest.raises(AmbiguousIds) as refused:
         read_ids(data)
     assert isinstance(refused.value, NotDicom)  # callers that only know NotDicom still refuse it
@@ -137,8 +138,8 @@ def test_a_repeated_or_out_of_order_identifier_is_refused_not_guessed(layout: st
 
 
 def test_the_refusal_keeps_what_was_read_for_the_audit_trail() -> None:
-    with pytest.raises(dicom_header.AmbiguousHeader) as refused:
-        dicom_header.identifiers(out_of_order("explicit"))
+    with pytest.raises(header_reader.AmbiguousHeader) as refused:
+        header_reader.identifiers(out_of_order("explicit"))
     assert refused.value.read == {"StudyInstanceUID": VICTIM.study_uid}
     assert VICTIM.study_uid not in str(refused.value)  # the message may reach logs: no identifiers in it
 
@@ -149,8 +150,8 @@ def test_a_repeated_transfer_syntax_in_the_file_meta_is_refused() -> None:
     data = insert_before(data, 0x00020010, element(0x00020010, "UI", ImplicitVRLittleEndian), in_meta=True)
     length = int.from_bytes(data[140:144], "little") + len(element(0x00020010, "UI", ImplicitVRLittleEndian))
     data = data[:140] + length.to_bytes(4, "little") + data[144:]
-    with pytest.raises(dicom_header.AmbiguousHeader, match=r"\(0002,0010\) in the file meta information is repeated"):
-        dicom_header.identifiers(data)
+    with pytest.raises(header_reader.AmbiguousHeader, match=r"\(0002,0010\) in the file meta information is repeated"):
+        header_reader.identifiers(data)
     with pytest.raises(AmbiguousIds, match=r"\(0002,0010\)"):
         _parsed_ids(data)
     with pytest.raises(AmbiguousIds):
@@ -163,7 +164,7 @@ def test_the_fallback_refuses_what_the_fast_path_left_to_it() -> None:
     ds.PatientID = "MÜLLER"
     ds.SpecificCharacterSet = "ISO_IR 100"
     data = insert_before(encode(ds, ExplicitVRLittleEndian), STUDY, element(STUDY, "UI", VICTIM.study_uid))
-    assert dicom_header.identifiers(data) is None
+    assert header_reader.identifiers(data) is None
     with pytest.raises(AmbiguousIds, match=r"\(0020,000D\) in the data set is repeated"):
         read_ids(data)
 
@@ -173,7 +174,7 @@ def test_a_repeat_after_the_identifiers_leaves_the_first_copy_in_force() -> None
     data = encode(synth.instance(SPEC, 0), ExplicitVRLittleEndian)
     late = element(STUDY, "UI", VICTIM.study_uid)
     data = insert_before(data, 0x00280010, late)  # after (0020,0013) ... (0028,0004), before Rows
-    assert dicom_header.identifiers(data)["StudyInstanceUID"] == SPEC.study_uid
+    assert header_reader.identifiers(data)["StudyInstanceUID"] == SPEC.study_uid
     with pytest.raises(AmbiguousIds):  # pydicom would keep the late copy: the fallback refuses
         _parsed_ids(data)
 
@@ -181,7 +182,7 @@ def test_a_repeat_after_the_identifiers_leaves_the_first_copy_in_force() -> None
 def test_ordered_files_still_take_both_paths() -> None:
     for syntax in SYNTAXES.values():
         data = encode(synth.instance(SPEC, 0), syntax)
-        assert dicom_header.identifiers(data) is not None
+        assert header_reader.identifiers(data) is not None
         assert _parsed_ids(data)["StudyInstanceUID"] == SPEC.study_uid
 
 
@@ -193,7 +194,7 @@ def test_an_identifier_after_the_walk_ends_is_left_to_pydicom_which_finds_it() -
     own = element(PATIENT, "LO", SPEC.patient_id)
     at = data.index(own)
     data = insert_before(data[:at] + data[at + len(own):], 0x00280010, own)
-    assert dicom_header.identifiers(data) is None
+    assert header_reader.identifiers(data) is None
     assert read_ids(data).patient_id == SPEC.patient_id
 
 

@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from securepacs.dicom_query import (
+from securepacs.tenancy.find_engine import (
     SCOPE_CHUNK,
     QueryEngine,
     QueryError,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from securepacs.audit import AuditTrail, iter_entries
-from securepacs.gateway.audit import GatewayAudit
-from securepacs.gateway.events import ACCEPTED, REFUSED, ConnectionEvent, EventLog
+from securepacs.gateway.association_audit import GatewayAudit
+from securepacs.gateway.connection_events import ACCEPTED, REFUSED, ConnectionEvent, EventLog
 
 FINGERPRINT = "ab" * 32
 

@@ -35,7 +35,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # ty
 
 from securepacs.gateway.dimse import MAX_HELD_BYTES, MAX_IDENTIFIER_BYTES, Action, CGetInspector, inspector_factory
 from securepacs.gateway.pdu import parse_associate
-from securepacs.synth import StudySpec, instance
+from securepacs_tools.synth import StudySpec, instance
 
 GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET
 VERIFICATION = "1.2.840.10008.1.1"

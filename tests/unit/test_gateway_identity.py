@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from _gateway_env import AET, Pki, enrol
 
-from securepacs import pki as pki_mod
-from securepacs.gateway import identity as identity_mod
+from securepacs.config.gateway_settings import GatewayError
 from securepacs.gateway import pdu
-from securepacs.gateway.config import GatewayError
-from securepacs.gateway.identity import (
+from securepacs.gateway import peer_identity as identity_mod
+from securepacs.gateway.limits import AssociationLimits, RateLimiter
+from securepacs.gateway.peer_identity import (
     PeerIdentity,
     TrustState,
     check_destination,
@@ -22,8 +22,8 @@ from securepacs.gateway.identity import (
     check_ingress,
     load_crl_serials,
 )
-from securepacs.gateway.limits import AssociationLimits, RateLimiter
-from securepacs.store import Store
+from securepacs.pki import authority as pki_mod
+from securepacs.store.database import Store
 
 
 @pytest.fixture

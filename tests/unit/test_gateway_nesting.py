@@ -23,12 +23,12 @@ from test_gateway_dimse import (
     replied,
 )
 
-from securepacs import dicom_status
-from securepacs.dataset_limits import samples
 from securepacs.dataset_limits.nesting import MAX_DEPTH
+from securepacs.dicom import status_codes
 from securepacs.gateway.dimse import Action
 from securepacs.gateway.dimse_command import C_STORE_RSP, decode_command
 from securepacs.gateway.pdu import A_ABORT, A_RELEASE_RP, build_abort, build_release_rp, iter_pdvs
+from securepacs_tools import nested_samples
 
 SOP_UID = "1.2.826.0.1.3680043.10.543.7.1"
 RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
@@ -60,16 +60,16 @@ def _element(data: bytes, element: int) -> bytes:
 @pytest.mark.parametrize("cx", [CT_CX, GET_CX, BIG_CX], ids=["explicit-le", "implicit-le", "explicit-be"])
 def test_a_too_deep_c_store_never_reaches_the_archive_whole_and_is_answered(cx: int) -> None:
     inspector, _, events = make()
-    data = samples.nested_dataset(200_000, syntax=SYNTAX_OF[cx])
+    data = nested_samples.nested_dataset(200_000, syntax=SYNTAX_OF[cx])
     pdus = message(cx, store_rq(), data, size=16384 - 6)
     actions = feed(inspector, pdus)
     sent = forwarded(actions)
     # The command and the data set's PDUs up to the one crossing the limit: at most the limit's nesting.
     assert sent == pdus[: len(sent)] and 1 <= len(sent) <= 2
-    assert samples.nested_dataset(MAX_DEPTH + 1, syntax=SYNTAX_OF[cx])[:100] in pdus[1]  # crossed in PDU 1
+    assert nested_samples.nested_dataset(MAX_DEPTH + 1, syntax=SYNTAX_OF[cx])[:100] in pdus[1]  # crossed in PDU 1
     assert all(not a.reply for a in actions[:-1]) and not any(a.close for a in actions)
     responding_to, status, sop_uid = _rsp(actions[-1].reply)
-    assert (responding_to, status, sop_uid) == (11, dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, SOP_UID)
+    assert (responding_to, status, sop_uid) == (11, status_codes.STORE_ERROR_CANNOT_UNDERSTAND, SOP_UID)
     assert [k for k, _ in events] == ["cstore-refused"]
     details = events[0][1]
     assert details["status"] == 0xC000 and "deeper than 32 levels" in details["reason"]
@@ -81,7 +81,7 @@ def test_a_too_deep_c_store_never_reaches_the_archive_whole_and_is_answered(cx: 
 
 def test_a_message_after_a_refused_c_store_aborts_the_association() -> None:
     inspector, _, events = make()
-    feed(inspector, message(CT_CX, store_rq(), samples.nested_dataset(MAX_DEPTH + 1)))
+    feed(inspector, message(CT_CX, store_rq(), nested_samples.nested_dataset(MAX_DEPTH + 1)))
     echo = message(ECHO_CX, command(0x0030, 12, sop_class=VERIFICATION, has_data=False))
     assert feed(inspector, echo) == [Action(close=True)]
     assert events[-1][0] == "dimse-protocol-violation"
@@ -91,7 +91,7 @@ def test_a_message_after_a_refused_c_store_aborts_the_association() -> None:
 def test_the_limit_itself_flows_through(cx: int) -> None:
     inspector, _, events = make()
     for depth in (3, MAX_DEPTH):
-        pdus = message(cx, store_rq(), samples.nested_dataset(depth, syntax=SYNTAX_OF[cx]), size=7)
+        pdus = message(cx, store_rq(), nested_samples.nested_dataset(depth, syntax=SYNTAX_OF[cx]), size=7)
         actions = feed(inspector, pdus)
         assert forwarded(actions) == pdus and not replied(actions)
     assert events == []
@@ -100,7 +100,7 @@ def test_the_limit_itself_flows_through(cx: int) -> None:
 def test_a_deflated_c_store_is_inflated_and_checked() -> None:
     inspector, _, events = make()
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    data = deflater.compress(samples.nested_dataset(200_000)) + deflater.flush()
+    data = deflater.compress(nested_samples.nested_dataset(200_000)) + deflater.flush()
     actions = feed(inspector, message(DEFLATED_CX, store_rq(), data, size=1024))
     assert _rsp(actions[-1].reply)[1] == 0xC000 and [k for k, _ in events] == ["cstore-refused"]
 
@@ -115,13 +115,13 @@ def test_a_malformed_c_store_data_set_is_refused_too() -> None:
 def test_a_refused_c_store_sharing_a_pdu_with_another_message_aborts() -> None:
     inspector, _, _ = make()
     echo = command(0x0030, 12, sop_class=VERIFICATION, has_data=False)
-    shared = pdata((ECHO_CX, 0x03, echo), (CT_CX, 0x03, store_rq()), (CT_CX, 0x02, samples.nested_dataset(40)))
+    shared = pdata((ECHO_CX, 0x03, echo), (CT_CX, 0x03, store_rq()), (CT_CX, 0x02, nested_samples.nested_dataset(40)))
     assert feed(inspector, [shared]) == [Action(close=True)]
 
 
 def test_a_truncated_c_store_data_set_is_left_to_the_archive() -> None:
     # It nests no deeper than its bytes: as before the guard, the archive decides what to make of it.
     inspector, _, events = make()
-    pdus = message(CT_CX, store_rq(), samples.nested_dataset(5)[:-20], size=64)
+    pdus = message(CT_CX, store_rq(), nested_samples.nested_dataset(5)[:-20], size=64)
     actions = feed(inspector, pdus)
     assert forwarded(actions) == pdus and not replied(actions) and events == []

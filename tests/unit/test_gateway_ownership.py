@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from securepacs.gateway.ownership import PATH, OwnershipClient
+from securepacs.gateway.ownership_client import PATH, OwnershipClient
 
 Answer = Callable[[asyncio.StreamWriter], Awaitable[None]]
 

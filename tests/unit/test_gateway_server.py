@@ -33,13 +33,13 @@ from _scp import TestSCP
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from securepacs import settings
+from securepacs.cli import gateway_cmd
 from securepacs.client import Connection, ConnectionFailed, TlsConfig, echo, open_association, store
-from securepacs.commands import gateway_cmd
+from securepacs.config import environment
 from securepacs.gateway import Action, GatewayError, pdu
-from securepacs.gateway.events import ConnectionEvent, EventLog
-from securepacs.store import Store
-from securepacs.synth import StudySpec, write_study
+from securepacs.gateway.connection_events import ConnectionEvent, EventLog
+from securepacs.store.database import Store
+from securepacs_tools.synth import StudySpec, write_study
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -618,7 +618,7 @@ def test_the_plain_internal_hop_relays_both_ways_without_tls_to_orthanc(world, s
 
 
 def test_command_builds_its_config_from_settings_and_flags(tmp_path):
-    s = settings.from_env({"SECUREPACS_DATA": str(tmp_path / "data"), "SECUREPACS_CERTS": str(tmp_path / "c"),
+    s = environment.from_env({"SECUREPACS_DATA": str(tmp_path / "data"), "SECUREPACS_CERTS": str(tmp_path / "c"),
                            "SECUREPACS_DICOM_PORT": "3000"}, cwd=tmp_path)
     config = gateway_cmd.build_config(s, SimpleNamespace())
     assert config.listen == ("", 3000) and config.upstream == ("127.0.0.1", s.internal_dicom_port)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from securepacs.gateway.store_view import ReadOnlyStore
-from securepacs.store import Store
+from securepacs.store.database import Store
 
 
 def test_the_view_reads_what_the_plugin_writes_and_cannot_write(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ import pytest
 from _gateway_env import Credential, Pki
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securepacs import pki
-from securepacs.gateway import tls
-from securepacs.gateway.config import GatewayError
+from securepacs.config.gateway_settings import GatewayError
+from securepacs.gateway import gateway_tls
+from securepacs.pki import authority
 
 ALLOWED = ("X25519", "P-256", "P-384")
 REFUSED = ("X448", "P-521")
@@ -27,15 +27,15 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     # RSA keys, as in production: with TLS 1.2 an ECDSA certificate's own curve must also be one the
     # client offers, which would mix a second, unrelated refusal into these tests.
     p.server = _rsa_credential(p, "server", "server+client", dns_names=["localhost"])
-    p.clinic_a = _rsa_credential(p, "clinicA", "client", uris=pki.clinic_uris("clinicA", ["CLINICA"]))
+    p.clinic_a = _rsa_credential(p, "clinicA", "client", uris=authority.clinic_uris("clinicA", ["CLINICA"]))
     return p
 
 
 def _rsa_credential(p: Pki, name: str, usage: str, **names: list[str]) -> Credential:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # fast; the size is not under test
-    key, cert = pki.make_cert(p.clinic_ca_key, p.clinic_ca_cert, name, usage=usage, days=1, key=key, **names)
-    pki.write_key(p.root / f"rsa-{name}.key", key)
-    pki.write_cert(p.root / f"rsa-{name}.crt", cert)
+    key, cert = authority.make_cert(p.clinic_ca_key, p.clinic_ca_cert, name, usage=usage, days=1, key=key, **names)
+    authority.write_key(p.root / f"rsa-{name}.key", key)
+    authority.write_cert(p.root / f"rsa-{name}.crt", cert)
     return Credential(p.root / f"rsa-{name}.crt", p.root / f"rsa-{name}.key", cert.serial_number, cert)
 
 
@@ -44,7 +44,7 @@ def _client(p: Pki, version: ssl.TLSVersion, group: str) -> ssl.SSLContext:
     ctx.minimum_version = ctx.maximum_version = version
     ctx.load_verify_locations(cafile=str(p.clinic_ca))
     ctx.load_cert_chain(str(p.clinic_a.cert), str(p.clinic_a.key))
-    tls.set_groups(ctx, group)  # the client offers this one group only
+    gateway_tls.set_groups(ctx, group)  # the client offers this one group only
     return ctx
 
 
@@ -94,34 +94,35 @@ def test_client_offering_one_group_against_openssl_defaults_connects(creds, vers
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("group", ALLOWED)
 def test_gateway_accepts_the_allowed_groups(creds, version, group):
-    server = tls.server_context(creds.server.cert, creds.server.key, creds.clinic_ca, "test")
+    server = gateway_tls.server_context(creds.server.cert, creds.server.key, creds.clinic_ca, "test")
     assert handshake(server, _client(creds, version, group)) is None
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("group", REFUSED)
 def test_gateway_refuses_other_groups(creds, version, group):
-    server = tls.server_context(creds.server.cert, creds.server.key, creds.clinic_ca, "test")
+    server = gateway_tls.server_context(creds.server.cert, creds.server.key, creds.clinic_ca, "test")
     error = handshake(server, _client(creds, version, group))
     assert error is not None and error.reason in ("NO_SHARED_CIPHER", "NO_SUITABLE_KEY_SHARE"), error
 
 
 def test_gateway_client_contexts_offer_only_the_allowed_groups(creds):
     """The egress and upstream contexts (gateway as client) are restricted too."""
-    client = tls.client_context(creds.clinic_a.cert, creds.clinic_a.key, creds.clinic_ca, "test", check_hostname=True)
+    client = gateway_tls.client_context(creds.clinic_a.cert, creds.clinic_a.key, creds.clinic_ca, "test",
+                                        check_hostname=True)
     for group, ok in (("X448", False), ("P-521", False), ("P-384", True)):
         server = _plain_server(creds)
-        tls.set_groups(server, group)
+        gateway_tls.set_groups(server, group)
         assert (handshake(server, client) is None) is ok, group
 
 
 def test_an_unknown_group_list_is_a_startup_error():
     with pytest.raises(GatewayError, match="refused the TLS group list 'P-999'"):
-        tls.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "P-999")
+        gateway_tls.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "P-999")
 
 
 def test_the_context_pointer_is_checked_before_use(monkeypatch: pytest.MonkeyPatch):
-    ctrl, _ = tls._libssl()
-    monkeypatch.setattr(tls, "_libssl", lambda: (ctrl, lambda pointer: 0))  # options never match
+    ctrl, _ = gateway_tls._libssl()
+    monkeypatch.setattr(gateway_tls, "_libssl", lambda: (ctrl, lambda pointer: 0))  # options never match
     with pytest.raises(GatewayError, match="SSLContext layout"):
-        tls.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "P-256")
+        gateway_tls.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "P-256")

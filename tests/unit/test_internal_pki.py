@@ -10,8 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securepacs.internal_pki import InternalPki
-from securepacs.pki import Pki, load_cert, load_key, make_cert, write_cert, write_key
+from securepacs.pki.authority import Pki, load_cert, load_key, make_cert, write_cert, write_key
+from securepacs.pki.internal_ca import InternalPki
 
 
 def test_creates_ca_and_both_leaves_once(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from securepacs import launcher
-from securepacs.settings import Settings
+from securepacs.config.environment import Settings
+from securepacs.ops import launcher
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_the_forwarder_gets_the_trail_and_the_tls_files(prepared: SimpleNamespac
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECUREPACS_AUDIT_SYSLOG", "logs.example.org:6514")
     cmd = launcher._forwarder_cmd(prepared)
-    assert cmd is not None and cmd[1:6] == ["-m", "securepacs.cli", "audit", "forward", "logs.example.org"]
+    assert cmd is not None and cmd[1:6] == ["-m", "securepacs.cli.main", "audit", "forward", "logs.example.org"]
     assert cmd[6] == "6514" and cmd[cmd.index("--trail") + 1] == str(prepared.settings.audit_trail_path)
     assert cmd[cmd.index("--key") + 1] == str(pem_files["SECUREPACS_AUDIT_SYSLOG_KEY"])
 

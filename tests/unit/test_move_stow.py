@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from _dicom import element, encode, insert_before
 
-from securepacs import dicom_status
-from securepacs.auditing import Auditor
-from securepacs.identity import ADMIN, CLINIC_DEVICE, Principal
-from securepacs.move import MoveOperation, MovePlan, MoveRefused, MoveService
-from securepacs.store import Store
-from securepacs.stow import StowService
-from securepacs.synth import StudySpec, instance
-from securepacs.tenancy import Tenancy, orthanc_id, read_ids
-from securepacs.web import Request
+from securepacs.access.principal import ADMIN, CLINIC_DEVICE, Principal
+from securepacs.archive.move_scp import MoveOperation, MovePlan, MoveRefused, MoveService
+from securepacs.audit.recorder import Auditor
+from securepacs.dicom import status_codes
+from securepacs.store.database import Store
+from securepacs.tenancy.ownership import Tenancy, orthanc_id, read_ids
+from securepacs.tenancy.stow import StowService
+from securepacs.web.messages import Request
+from securepacs_tools.synth import StudySpec, instance
 
 NORTH = StudySpec(seed="n", patient_id="12345", slices=2, rows=8, columns=8)
 SOUTH = StudySpec(seed="s", patient_id="12345", slices=2, rows=8, columns=8)
@@ -156,7 +156,7 @@ def test_stow_attributes_to_the_uploaders_clinic_and_refuses_foreign_studies(wor
     assert body["00081199"]["Value"][0]["00081155"]["Value"] == [instance(new, 0).SOPInstanceUID]
     failed = body["00081198"]["Value"][0]
     assert failed["00081155"]["Value"] == [spoof.SOPInstanceUID]
-    assert failed["00081197"]["Value"] == [dicom_status.REFUSED_NOT_AUTHORIZED]
+    assert failed["00081197"]["Value"] == [status_codes.REFUSED_NOT_AUTHORIZED]
     assert len(fake.uploaded) == 1
     owner = store.study_owner(new.study_uid)
     assert owner is not None and owner.clinic == "north" and owner.source == "stow:north-dev"
@@ -224,7 +224,7 @@ def test_stow_removes_and_refuses_an_instance_orthanc_indexed_otherwise(world, t
     assert resp.status == 409
     [failed] = json.loads(resp.body)["00081198"]["Value"]
     assert failed["00081155"]["Value"] == [instance(new, 0).SOPInstanceUID]
-    assert failed["00081197"]["Value"] == [dicom_status.REFUSED_NOT_AUTHORIZED]
+    assert failed["00081197"]["Value"] == [status_codes.REFUSED_NOT_AUTHORIZED]
     assert fake.deleted == [f"/instances/{elsewhere}"]
     [(_kind, details)] = [e for e in events if e[0] == "indexed-identifiers-mismatch"]
     assert details["clinic"] == "north" and details["indexed_orthanc_id"] == elsewhere
@@ -259,7 +259,7 @@ def test_stow_refuses_a_part_whose_identifiers_are_repeated(world, trail, events
     resp = stow.handle(stow_request(*multipart(part)), DEVICE)
     assert resp.status == 409 and not fake.uploaded
     [failed] = json.loads(resp.body)["00081198"]["Value"]
-    assert failed["00081197"]["Value"] == [dicom_status.STORE_ERROR_CANNOT_UNDERSTAND]
+    assert failed["00081197"]["Value"] == [status_codes.STORE_ERROR_CANNOT_UNDERSTAND]
     [(_kind, details)] = [e for e in events if e[0] == "ambiguous-identifiers"]
     assert details["clinic"] == "north" and details["study_uid"] == SOUTH.study_uid  # the copy Orthanc keeps
     [record] = store_records(trail)
@@ -287,16 +287,16 @@ def test_a_moves_sub_operations_are_its_instances(world) -> None:
 
 @pytest.mark.parametrize("principal", [DEVICE, Principal("root", ADMIN, None)], ids=["clinic", "admin"])
 def test_stow_refuses_a_part_nested_too_deeply_before_anything_parses_it(world, trail, events, principal) -> None:
-    from securepacs.dataset_limits import samples
+    from securepacs_tools import nested_samples
 
     _, fake, _, stow = world
     new = StudySpec(seed="nest", patient_id="779", slices=1, rows=8, columns=8)
-    deep = samples.nested_file(200_000, study_uid=new.study_uid, series_uid=new.study_uid + ".1",
+    deep = nested_samples.nested_file(200_000, study_uid=new.study_uid, series_uid=new.study_uid + ".1",
                                sop_uid=new.study_uid + ".1.1", patient_id="779")
     resp = stow.handle(stow_request(*multipart(deep, encode(instance(new, 0)))), principal)
     assert resp.status == 202
     failed = json.loads(resp.body)["00081198"]["Value"]
-    assert [f["00081197"]["Value"] for f in failed] == [[dicom_status.STORE_ERROR_CANNOT_UNDERSTAND]]
+    assert [f["00081197"]["Value"] for f in failed] == [[status_codes.STORE_ERROR_CANNOT_UNDERSTAND]]
     assert len(fake.uploaded) == 1 and fake.uploaded[0] != deep
     assert [kind for kind, _ in events if kind == "dataset-nesting-refused"] == ["dataset-nesting-refused"]
     refused = [r for r in store_records(trail) if "deeper than 32 levels" in json.dumps(r)]

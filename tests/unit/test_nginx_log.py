@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from securepacs import nginx_log
+from securepacs.ops import nginx_log
 
 TOO_LARGE = (b'2026/12/03 13:35:40 [error] 13607#13607: *459 client intended to send too large body: 600000000 bytes, '
              b'client: 127.0.0.1, server: _, request: "POST /dicom-web/studies?PatientID=CANARY1&PatientName=DOE^JANE '

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import deploy, plugin_config
-from securepacs.pki import Pki
+from securepacs.config import plugin_settings
+from securepacs.config.environment import Settings
+from securepacs.ops import deploy
+from securepacs.pki.authority import Pki
 from securepacs.platform import orthanc_binary, orthanc_options
 from securepacs.platform.orthanc_binary import OrthancBinary, OrthancBinaryError
-from securepacs.settings import Settings
 
 BOOKWORM, TRIXIE, FORKY = OrthancBinary((1, 10, 1)), OrthancBinary((1, 12, 7)), OrthancBinary((1, 13, 0))
 NEWER_KEYS = {"DicomTlsMinimumProtocolVersion", "DicomTlsCiphersAccepted", "HttpBindAddresses",
@@ -73,7 +74,7 @@ def test_orthanc_1_13_gets_its_own_options(settings: Settings, tmp_path: Path) -
     assert (web["EnableMetadataCache"], web["PublicRoot"]) == (True, web["Root"])
     assert "OPENSSL_CONF" not in deploy.orthanc_env(FORKY)
     assert not set(base) & set(runtime)  # Orthanc refuses a key defined in two files of its config dir
-    plugin_config.parse({**base, **runtime})  # and the plugin accepts what it gets
+    plugin_settings.parse({**base, **runtime})  # and the plugin accepts what it gets
 
 
 def test_trixie_gets_what_1_12_7_knows(settings: Settings, tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 
-from securepacs import passwords
-from securepacs.passwords import PasswordError, check_strength, hash_password, verify_password
+from securepacs.access import passwords
+from securepacs.access.passwords import PasswordError, check_strength, hash_password, verify_password
 
 # The cost parameters are bound as defaults at definition time, so the tests pass a small n explicitly.
 FAST_N = 2**10

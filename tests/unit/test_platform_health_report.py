@@ -18,11 +18,15 @@ from test_plugin_adapter import valid_config
 from test_plugin_app import ADMIN_PW, PROXY_SECRET, SYSTEM, THROUGH_NGINX, FakeRest, FakeSystem, basic, request
 from test_plugin_modalities import FakeModalityApi
 
-from securepacs import __version__, health, launcher, passwords, settings
-from securepacs.app import SecurePacsApp
-from securepacs.commands import serve_cmd
+from securepacs import __version__
+from securepacs.access import passwords
+from securepacs.archive.app import SecurePacsApp
+from securepacs.cli import serve_cmd
+from securepacs.config import environment
+from securepacs.config.plugin_settings import PluginConfig
+from securepacs.ops import launcher
+from securepacs.platform import health
 from securepacs.platform.cves import KNOWN
-from securepacs.plugin_config import PluginConfig
 
 DETAIL, LOCAL, PUBLIC = health.DETAIL_URI, health.LOCAL_URI, health.PUBLIC_URI
 
@@ -178,7 +182,7 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancStub]:
 
 
 def test_adapter_reads_versions_from_system_and_plugins(orthanc: OrthancStub) -> None:
-    adapter = importlib.import_module("securepacs.adapter")
+    adapter = importlib.import_module("securepacs.archive.adapter")
     orthanc.system = {**SYSTEM, "Version": "1.13.0", "ThirdPartyVersions": {"dcmtk": "3.7.0", "boost": "1.92.0"}}
     orthanc.rest_get["/plugins/python"] = b'{"ID": "python", "Version": "7.1"}'
     orthanc.rest_get["/plugins/dicom-web"] = b'{"ID": "dicom-web", "Version": "1.24"}'
@@ -188,7 +192,7 @@ def test_adapter_reads_versions_from_system_and_plugins(orthanc: OrthancStub) ->
 
 def test_adapter_falls_back_to_the_mapped_libdcmdata(orthanc: OrthancStub, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    adapter = importlib.import_module("securepacs.adapter")
+    adapter = importlib.import_module("securepacs.archive.adapter")
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libdcmimgle.so.17.3.6.7\n"
                     "7f02-7f03 r-xp 00000000 08:01 2 /usr/lib/x86_64-linux-gnu/libdcmdata.so.17.3.6.7\n")
@@ -233,7 +237,7 @@ def test_wait_healthy_returns_a_serving_archive_with_a_degraded_platform(monkeyp
 
 
 def test_banner_prints_versions_and_the_cve_warning(tmp_path: Path) -> None:
-    s = settings.from_env({"SECUREPACS_DATA": str(tmp_path / "d"), "SECUREPACS_CERTS": str(tmp_path / "c")})
+    s = environment.from_env({"SECUREPACS_DATA": str(tmp_path / "d"), "SECUREPACS_CERTS": str(tmp_path / "c")})
     text = launcher.banner(types.SimpleNamespace(settings=s, admin_created=False), detail_of(FACTS_1_10))
     assert f"SecurePACS {__version__} is running" in text
     assert "Platform: Orthanc 1.10.1, python plugin 4.0, DICOMweb 1.7, DCMTK 3.6.7" in text

@@ -26,10 +26,11 @@ from orthanc_stub import (
     installed,
 )
 
-from securepacs import dicom_status, passwords
-from securepacs.move import MoveRefused
-from securepacs.plugin_config import ConfigError, PluginConfig
-from securepacs.web import Request, Response
+from securepacs.access import passwords
+from securepacs.archive.move_scp import MoveRefused
+from securepacs.config.plugin_settings import ConfigError, PluginConfig
+from securepacs.dicom import status_codes
+from securepacs.web.messages import Request, Response
 
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugin"
 ENTRY_SCRIPT = PLUGIN_DIR / "securepacs_plugin.py"
@@ -48,12 +49,12 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancStub]:
     with installed(OrthancStub(valid_config(tmp_path / "data" / "securepacs.db"))) as stub:
         yield stub
     assert "orthanc" not in sys.modules
-    assert "securepacs.adapter" not in sys.modules
+    assert "securepacs.archive.adapter" not in sys.modules
 
 
 @pytest.fixture
 def adapter(orthanc: OrthancStub) -> ModuleType:
-    module = importlib.import_module("securepacs.adapter")
+    module = importlib.import_module("securepacs.archive.adapter")
     assert module.orthanc is orthanc
     return module
 
@@ -88,19 +89,19 @@ def test_stub_refuses_a_second_find_or_move_handler(orthanc: OrthancStub) -> Non
 
 def test_stub_is_removed_after_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with installed(OrthancStub(valid_config(tmp_path / "sp.db"))):
-        importlib.import_module("securepacs.adapter")
+        importlib.import_module("securepacs.archive.adapter")
         logging.getLogger("securepacs").propagate = False
     assert "orthanc" not in sys.modules
-    assert "securepacs.adapter" not in sys.modules
+    assert "securepacs.archive.adapter" not in sys.modules
     assert logging.getLogger("securepacs").propagate is True
     # `python -m pytest` puts the checkout on sys.path, where the orthanc/ deployment directory would import
     # as an empty namespace package: look only where a real ``orthanc`` module could come from.
     monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p or ".") / "orthanc").is_dir()])
     try:
         with pytest.raises(ModuleNotFoundError, match="orthanc"):
-            importlib.import_module("securepacs.adapter")
+            importlib.import_module("securepacs.archive.adapter")
     finally:
-        for name in ("orthanc", "securepacs.adapter"):
+        for name in ("orthanc", "securepacs.archive.adapter"):
             sys.modules.pop(name, None)
 
 
@@ -110,7 +111,7 @@ def test_only_the_adapter_imports_orthanc() -> None:
         for p in (PLUGIN_DIR / "securepacs").rglob("*.py")
         if re.search(r"^\s*(import|from)\s+orthanc\b", p.read_text(encoding="utf-8"), re.MULTILINE)
     )
-    assert importers == ["securepacs/adapter.py"]
+    assert importers == ["securepacs/archive/adapter.py"]
 
 
 # -- HTTP filter -------------------------------------------------------------------------------------------
@@ -238,8 +239,8 @@ def test_install_logging_is_idempotent(adapter: ModuleType, orthanc: OrthancStub
     assert sum(isinstance(h, adapter.OrthancLogHandler) for h in root.handlers) == 1
     assert root.level == logging.INFO
     assert root.propagate is False
-    logging.getLogger("securepacs.app").info("ready")
-    assert orthanc.logs == [("info", "securepacs.app: ready")]
+    logging.getLogger("securepacs.archive.app").info("ready")
+    assert orthanc.logs == [("info", "securepacs.archive.app: ready")]
 
 
 # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ def test_find_reads_the_ae_titles_from_the_association_on_plugin_7(adapter: Modu
     assert seen == [(items, "NORTH_CT", "SECUREPACS")] and answers.answers == [b"answer"]
 
 
-@pytest.mark.parametrize("status", [dicom_status.SUCCESS, dicom_status.REFUSED_NOT_AUTHORIZED, 0xA700])
+@pytest.mark.parametrize("status", [status_codes.SUCCESS, status_codes.REFUSED_NOT_AUTHORIZED, 0xA700])
 def test_cstore_filter_returns_the_handlers_status(adapter: ModuleType, orthanc: OrthancStub, status: int) -> None:
     seen: list[tuple[bytes, str]] = []
 
@@ -606,7 +607,7 @@ def load_entry_script() -> ModuleType:
 
 def test_entry_script_only_wires(orthanc: OrthancStub, tmp_path: Path) -> None:
     plugin = load_entry_script()
-    adapter = sys.modules["securepacs.adapter"]
+    adapter = sys.modules["securepacs.archive.adapter"]
     try:
         # 1. logging into Orthanc's log
         assert any(isinstance(h, adapter.OrthancLogHandler) for h in logging.getLogger("securepacs").handlers)
@@ -624,7 +625,7 @@ def test_entry_script_only_wires(orthanc: OrthancStub, tmp_path: Path) -> None:
         with pytest.raises(PermissionError):
             orthanc.find_callbacks[0](FakeFindAnswers(), FakeFindQuery([(0x0008, 0x0052, "STUDY")]), "EVIL",
                                       "SECUREPACS")
-        assert orthanc.cstore_filters[0](FakeReceivedInstance(b"x", "EVIL")) == dicom_status.REFUSED_NOT_AUTHORIZED
+        assert orthanc.cstore_filters[0](FakeReceivedInstance(b"x", "EVIL")) == status_codes.REFUSED_NOT_AUTHORIZED
         with pytest.raises(MoveRefused, match="not an enrolled clinic"):
             orthanc.move_callbacks[0](Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="EVIL",
                                       TargetAET="EVIL", OriginatorID=1)
@@ -681,7 +682,7 @@ class Plugin42RestOutput(FakeRestOutput):
 @pytest.mark.parametrize("status", [303, 403, 409])
 def test_route_sends_statuses_in_the_form_plugin_4_2_and_later_take(orthanc: OrthancStub, status: int) -> None:
     orthanc.RegisterMoveCallback2 = lambda *_callbacks: None  # what plugin >= 4.2 has and 4.0 lacks
-    adapter = importlib.import_module("securepacs.adapter")
+    adapter = importlib.import_module("securepacs.archive.adapter")
     assert adapter.SEND_HTTP_STATUS_TAKES_LENGTH is False
     adapter.register_route("/r", lambda _req: Response.json({"error": "nöpe"}, status, {"Location": "/x"}))
     output = Plugin42RestOutput()

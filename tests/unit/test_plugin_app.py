@@ -15,16 +15,19 @@ from typing import Any
 import pytest
 from test_plugin_modalities import FakeModalityApi
 
-import securepacs.app
-from securepacs import __version__, dicom_status, health, passwords
-from securepacs.app import SecurePacsApp
-from securepacs.identity import PHYSICIAN, Principal
-from securepacs.modalities import PREFIX
-from securepacs.move import MoveRefused
-from securepacs.plugin_config import PluginConfig
-from securepacs.synth import StudySpec, instance
-from securepacs.tenancy import read_ids
-from securepacs.web import Request, Response
+import securepacs.archive.app
+from securepacs import __version__
+from securepacs.access import passwords
+from securepacs.access.principal import PHYSICIAN, Principal
+from securepacs.archive.app import SecurePacsApp
+from securepacs.archive.modalities import PREFIX
+from securepacs.archive.move_scp import MoveRefused
+from securepacs.config.plugin_settings import PluginConfig
+from securepacs.dicom import status_codes
+from securepacs.platform import health
+from securepacs.tenancy.ownership import read_ids
+from securepacs.web.messages import Request, Response
+from securepacs_tools.synth import StudySpec, instance
 
 ADMIN_PW = "admin-password-1234"
 PROXY_SECRET = "test-proxy-secret-0123456789abcdefghijklmnop"
@@ -273,7 +276,7 @@ SPEC = StudySpec(seed="app-test", slices=1, rows=8, columns=8)
 def test_cstore_from_an_unknown_aet_is_refused(app: SecurePacsApp, rest: FakeRest,
                                                caplog: pytest.LogCaptureFixture) -> None:
     app.store.add_clinic("north", ["NORTH_CT"])
-    assert app.on_cstore(dicom_bytes(SPEC), "EVIL_CT") == dicom_status.REFUSED_NOT_AUTHORIZED == 0x0124
+    assert app.on_cstore(dicom_bytes(SPEC), "EVIL_CT") == status_codes.REFUSED_NOT_AUTHORIZED == 0x0124
     assert app.store.study_owner(SPEC.study_uid) is None  # nothing was claimed for the stranger
     assert rest.calls == []
     assert "C-STORE from 'EVIL_CT' refused: not an enrolled clinic" in caplog.text
@@ -282,34 +285,34 @@ def test_cstore_from_an_unknown_aet_is_refused(app: SecurePacsApp, rest: FakeRes
 def test_cstore_from_a_revoked_clinic_is_refused(app: SecurePacsApp) -> None:
     app.store.add_clinic("north", ["NORTH_CT"])
     app.store.revoke_clinic("north")
-    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == status_codes.REFUSED_NOT_AUTHORIZED
     assert app.store.study_owner(SPEC.study_uid) is None
 
 
 def test_revocation_reaches_cstore_within_the_aet_cache_window(app: SecurePacsApp,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     app.store.add_clinic("north", ["NORTH_CT"])
-    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == status_codes.SUCCESS
     app.store.revoke_clinic("north")
-    later = time.monotonic() + securepacs.app.AET_CACHE_SECONDS + 0.01
-    monkeypatch.setattr(securepacs.app.time, "monotonic", lambda: later)
-    assert app.on_cstore(dicom_bytes(SPEC, 1), "NORTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
+    later = time.monotonic() + securepacs.archive.app.AET_CACHE_SECONDS + 0.01
+    monkeypatch.setattr(securepacs.archive.app.time, "monotonic", lambda: later)
+    assert app.on_cstore(dicom_bytes(SPEC, 1), "NORTH_CT") == status_codes.REFUSED_NOT_AUTHORIZED
 
 
 def test_cstore_admits_an_enrolled_clinics_instance(app: SecurePacsApp) -> None:
     app.store.add_clinic("north", ["NORTH_CT"])
     app.store.add_clinic("south", ["SOUTH_CT"])
-    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == dicom_status.SUCCESS
+    assert app.on_cstore(dicom_bytes(SPEC), "NORTH_CT") == status_codes.SUCCESS
     owner = app.store.study_owner(SPEC.study_uid)
     assert owner is not None and owner.clinic == "north" and owner.source == "dicom:NORTH_CT"
     assert owner.orthanc_id == read_ids(dicom_bytes(SPEC)).orthanc_study
     # Another clinic cannot write into the study it now owns.
-    assert app.on_cstore(dicom_bytes(SPEC, 1), "SOUTH_CT") == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert app.on_cstore(dicom_bytes(SPEC, 1), "SOUTH_CT") == status_codes.REFUSED_NOT_AUTHORIZED
 
 
 def test_cstore_of_garbage_cannot_be_understood(app: SecurePacsApp) -> None:
     app.store.add_clinic("north", ["NORTH_CT"])
-    assert app.on_cstore(b"not dicom at all", "NORTH_CT") == dicom_status.STORE_ERROR_CANNOT_UNDERSTAND
+    assert app.on_cstore(b"not dicom at all", "NORTH_CT") == status_codes.STORE_ERROR_CANNOT_UNDERSTAND
 
 
 FIND_STUDIES = [(0x0008, 0x0052, "STUDY"), (0x0020, 0x000D, ""), (0x0010, 0x0010, "")]
@@ -343,7 +346,7 @@ PHYSICIAN_PW = "physician-password-1234"
 def admit_to_orthanc(app: SecurePacsApp, rest: FakeRest, clinic: str, aet: str, spec: StudySpec) -> str:
     """Store ``spec``'s first instance as ``clinic`` and make the fake Orthanc index know it; its SOP UID."""
     data = dicom_bytes(spec)
-    assert app.on_cstore(data, aet) == dicom_status.SUCCESS
+    assert app.on_cstore(data, aet) == status_codes.SUCCESS
     ids = read_ids(data)
     series_id = f"series-of-{ids.orthanc_instance}"
     rest.uids[("instance", ids.sop_uid)] = ids.orthanc_instance

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from securepacs.plugin_config import ConfigError, PluginConfig, parse
+from securepacs.config.plugin_settings import ConfigError, PluginConfig, parse
 
 STORE = "/var/lib/securepacs/securepacs.db"
 TRAIL = "/var/lib/securepacs/audit/trail.jsonl"

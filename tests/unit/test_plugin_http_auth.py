@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from _accounts_env import Clock, clock  # noqa: F401 (the fake clock fixture)
 
-from securepacs import accounts as accounts_mod
-from securepacs import passwords
-from securepacs.accounts import Accounts, AccountSettings
-from securepacs.http_auth import HttpAuthenticator
-from securepacs.identity import ROLES, Principal
-from securepacs.store import Store
+from securepacs.access import accounts as accounts_mod
+from securepacs.access import passwords
+from securepacs.access.accounts import Accounts, AccountSettings
+from securepacs.access.http_auth import HttpAuthenticator
+from securepacs.access.principal import ROLES, Principal
+from securepacs.store.database import Store
 
 # passwords.hash_password binds SCRYPT_N as a default at definition time: patching the constant would not
 # make it cheaper, so the users here are hashed with a small n passed explicitly.

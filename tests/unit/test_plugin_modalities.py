@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from securepacs.modalities import NO_MOVE_HOST, NO_MOVE_PORT, PREFIX, ModalitySync, desired_modalities
-from securepacs.store import Store
+from securepacs.archive.modalities import NO_MOVE_HOST, NO_MOVE_PORT, PREFIX, ModalitySync, desired_modalities
+from securepacs.store.database import Store
 
 HAND_MADE = {"AET": "WORKSTATION", "Host": "10.9.9.9", "Port": 104, "Manufacturer": "Generic"}
 

@@ -8,8 +8,8 @@ import pytest
 from pydicom.dataset import Dataset
 from test_dicom_query import FakeOrthanc, clinic_a, instance_values, study_id
 
-from securepacs.dicom_query import QueryEngine
-from securepacs.qido import QidoError, SearchRequest, search
+from securepacs.tenancy.find_engine import QueryEngine
+from securepacs.tenancy.qido import QidoError, SearchRequest, search
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from _dicom import encode
 
-from securepacs.identity import ADMIN, Principal
-from securepacs.retrieve_policy import MAX_UIDS, clinic_principal, decide, parse_request
-from securepacs.store import Store
-from securepacs.synth import StudySpec, instance, uid
-from securepacs.tenancy import Tenancy, orthanc_id
+from securepacs.access.principal import ADMIN, Principal
+from securepacs.store.database import Store
+from securepacs.tenancy.ownership import Tenancy, orthanc_id
+from securepacs.tenancy.retrieve_policy import MAX_UIDS, clinic_principal, decide, parse_request
+from securepacs_tools.synth import StudySpec, instance, uid
 
 NORTH = StudySpec(seed="rp-north", patient_id="12345", slices=2, rows=8, columns=8)
 SOUTH = StudySpec(seed="rp-south", patient_id="12345", slices=2, rows=8, columns=8)

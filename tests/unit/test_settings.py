@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import settings
-from securepacs.settings import Settings, SettingsError, from_env, validate_aet
+from securepacs.config import environment
+from securepacs.config.environment import Settings, SettingsError, from_env, validate_aet
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,8 @@ def test_defaults(tmp_path: Path) -> None:
 
 
 def test_default_ports_are_the_documented_ones() -> None:
-    assert (settings.DEFAULT_DICOM_PORT, settings.DEFAULT_HTTPS_PORT, settings.DEFAULT_HTTP_PORT) == (2762, 8443, 8042)
+    defaults = (environment.DEFAULT_DICOM_PORT, environment.DEFAULT_HTTPS_PORT, environment.DEFAULT_HTTP_PORT)
+    assert defaults == (2762, 8443, 8042)
 
 
 def test_default_hostnames_are_deduplicated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from securepacs.store import CertificateRecord, Store, StoreError
+from securepacs.store.database import CertificateRecord, Store, StoreError
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from _dicom import encode
 
-from securepacs import dicom_status
-from securepacs.app import SecurePacsApp
+from securepacs.archive.app import SecurePacsApp
 from securepacs.audit import iter_entries
-from securepacs.plugin_config import PluginConfig
-from securepacs.stored_check import PendingStores
-from securepacs.synth import StudySpec, instance
-from securepacs.tenancy import read_ids
+from securepacs.config.plugin_settings import PluginConfig
+from securepacs.dicom import status_codes
+from securepacs.tenancy.ownership import read_ids
+from securepacs.tenancy.stored_check import PendingStores
+from securepacs_tools.synth import StudySpec, instance
 
 NORTH = StudySpec(seed="check-north", patient_id="CHK-N", slices=2, rows=8, columns=8)
 SOUTH = StudySpec(seed="check-south", patient_id="CHK-S", slices=1, rows=8, columns=8)
@@ -84,7 +84,7 @@ def tags(spec: StudySpec, index: int = 0) -> dict[str, str]:
 
 def admitted(app: SecurePacsApp, spec: StudySpec, aet: str, index: int = 0) -> str:
     data = encode(instance(spec, index))
-    assert app.on_cstore(data, aet) == dicom_status.SUCCESS
+    assert app.on_cstore(data, aet) == status_codes.SUCCESS
     return read_ids(data).orthanc_instance
 
 

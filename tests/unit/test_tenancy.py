@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from _dicom import encode
 
-from securepacs import dicom_status
-from securepacs.identity import ADMIN, AUDITOR, PHYSICIAN, Principal
-from securepacs.store import Store
-from securepacs.synth import StudySpec, instance, uid
-from securepacs.tenancy import Tenancy, orthanc_id, read_ids
+from securepacs.access.principal import ADMIN, AUDITOR, PHYSICIAN, Principal
+from securepacs.dicom import status_codes
+from securepacs.store.database import Store
+from securepacs.tenancy.ownership import Tenancy, orthanc_id, read_ids
+from securepacs_tools.synth import StudySpec, instance, uid
 
 
 class FakeIndex:
@@ -86,7 +86,7 @@ def test_store_into_another_clinics_study_is_refused_and_reported(tenancy: Tenan
     spoof.StudyInstanceUID = NORTH.study_uid
     spoof.PatientID = "12345"
     result = tenancy.admit(encode(spoof), "south", "dicom:SOUTH_CT")
-    assert result.status == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert result.status == status_codes.REFUSED_NOT_AUTHORIZED
     assert "another clinic" in result.reason
     assert events and events[-1][0] == "cross-tenant-write" and events[-1][1]["clinic"] == "south"
 
@@ -102,7 +102,7 @@ def test_reused_study_uid_with_another_patient_id_is_refused(tenancy: Tenancy) -
     assert tenancy.admit(encode(instance(NORTH, 0)), "north", "n").admitted
     other = instance(NORTH, 1)
     other.PatientID = "99999"
-    assert tenancy.admit(encode(other), "north", "n").status == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert tenancy.admit(encode(other), "north", "n").status == status_codes.REFUSED_NOT_AUTHORIZED
 
 
 def test_series_uid_of_another_study_is_refused(tenancy: Tenancy) -> None:
@@ -110,7 +110,7 @@ def test_series_uid_of_another_study_is_refused(tenancy: Tenancy) -> None:
     shadow = instance(SOUTH, 0)
     shadow.SeriesInstanceUID = NORTH.series_uid  # south's own study, north's series UID
     result = tenancy.admit(encode(shadow), "south", "s")
-    assert result.status == dicom_status.REFUSED_NOT_AUTHORIZED and "Series" in result.reason
+    assert result.status == status_codes.REFUSED_NOT_AUTHORIZED and "Series" in result.reason
 
 
 def test_sop_uid_existing_elsewhere_is_refused_but_a_resend_is_fine(store: Store) -> None:
@@ -123,11 +123,11 @@ def test_sop_uid_existing_elsewhere_is_refused_but_a_resend_is_fine(store: Store
     assert tenancy.admit(encode(first), "north", "n").admitted  # same instance again: Orthanc dedups
     copy = instance(SOUTH, 0)
     copy.SOPInstanceUID = first.SOPInstanceUID
-    assert tenancy.admit(encode(copy), "south", "s").status == dicom_status.REFUSED_NOT_AUTHORIZED
+    assert tenancy.admit(encode(copy), "south", "s").status == status_codes.REFUSED_NOT_AUTHORIZED
 
 
 def test_not_dicom_cannot_be_understood(tenancy: Tenancy) -> None:
-    assert tenancy.admit(b"GET / HTTP/1.1\r\n\r\n", "north", "n").status == dicom_status.STORE_ERROR_CANNOT_UNDERSTAND
+    assert tenancy.admit(b"GET / HTTP/1.1\r\n\r\n", "north", "n").status == status_codes.STORE_ERROR_CANNOT_UNDERSTAND
 
 
 def test_ownership_is_cached_after_the_first_instance(tenancy: Tenancy, store: Store, monkeypatch) -> None:

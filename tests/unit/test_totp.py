@@ -7,7 +7,7 @@ import urllib.parse
 
 import pytest
 
-from securepacs import totp
+from securepacs.access import totp
 
 # RFC 6238 appendix B: the SHA-1 test key is the ASCII string "12345678901234567890".
 RFC_SECRET = base64.b32encode(b"12345678901234567890").decode().rstrip("=")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from _accounts_env import fast_hash  # noqa: F401 (autouse fixture: scrypt at a small cost)
 
-from securepacs import passwords, user_admin
-from securepacs.store import Store
-from securepacs.user_admin import AccountError, UnknownUser, UserExists, WeakPassword
+from securepacs.access import passwords, user_admin
+from securepacs.access.user_admin import AccountError, UnknownUser, UserExists, WeakPassword
+from securepacs.store.database import Store
 
 PW = "Doctor-password-5678"
 NOW = 1_700_000_000.0

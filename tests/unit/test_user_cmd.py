@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from securepacs import passwords
-from securepacs.cli import main
-from securepacs.store import Store
+from securepacs.access import passwords
+from securepacs.cli.main import main
+from securepacs.store.database import Store
 
 PW = "Doctor-password-5678"
 

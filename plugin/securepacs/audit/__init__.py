@@ -76,6 +76,9 @@ Room left for later
     Rotation into segments: a segment would end with a checkpoint and the next segment would start
     with prev = that checkpoint's hash and continue seq, so the chain and verify() extend across
     files; the forwarder's cursor would then also name the segment. Not implemented.
+
+Owns the trail file, its chain, the signer, verification, export and forwarding, and the trail's REST API.
+May import: ``access``, ``pki``, ``store``, ``config``, ``dicom``, ``web``. Imported by tenancy and above.
 """
 
 from __future__ import annotations

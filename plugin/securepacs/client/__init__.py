@@ -1,16 +1,19 @@
 """The SecurePACS DICOM client: echo, store, find, move and get over mutual TLS.
 
 Importable for tests and benchmarks; the command line (``securepacs client ...``) is a thin layer over
-these functions in ``securepacs.commands.client_cmd``.
+these functions in ``securepacs.cli.client_cmd``.
+
+Owns the client side of the DICOM protocols over mutual TLS (pynetdicom).
+May import: ``pki``, ``config``, ``dicom``. Imported by ``ops`` and ``cli``.
 """
 
+from securepacs.client.client_tls import TlsConfig, create_context
 from securepacs.client.connection import Connection, associate, open_association
 from securepacs.client.errors import ClientError, ConnectionFailed, DimseFailed
 from securepacs.client.query import build_identifier, dataset_to_dict, find
 from securepacs.client.retrieve import RetrieveResult, get, move
 from securepacs.client.scu import echo, store
 from securepacs.client.summary import FileProblem, StoreSummary
-from securepacs.client.tls import TlsConfig, create_context
 
 __all__ = [
     "ClientError",

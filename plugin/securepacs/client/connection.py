@@ -21,10 +21,10 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.presentation import PresentationContext
 
+from securepacs.client.client_tls import TlsConfig, create_context, explain_tls_error
 from securepacs.client.errors import ClientError, ConnectionFailed
 from securepacs.client.reactor import install_reactor_gate
-from securepacs.client.tls import TlsConfig, create_context, explain_tls_error
-from securepacs.settings import DEFAULT_AET, SettingsError, validate_aet
+from securepacs.config.environment import DEFAULT_AET, SettingsError, validate_aet
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pynetdicom import sop_class
 from pynetdicom.presentation import build_context
 from pynetdicom.status import code_to_category
 
-from securepacs import dicom_status
 from securepacs.client.connection import Connection, associate
 from securepacs.client.errors import ClientError, DimseFailed
+from securepacs.dicom import status_codes
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 ROOTS = ("patient", "study")
@@ -116,7 +116,7 @@ def response_status(status: Dataset, operation: str, conn: Connection) -> int:
 
 
 def failure_text(operation: str, code: int, status: Dataset) -> str:
-    text = f"{operation} failed: {dicom_status.describe(code)}"
+    text = f"{operation} failed: {status_codes.describe(code)}"
     comment = status.get("ErrorComment")
     return f"{text} - {comment}" if comment else text
 

@@ -22,11 +22,11 @@ from pynetdicom import StoragePresentationContexts, evt
 from pynetdicom.presentation import build_context, build_role
 from pynetdicom.status import code_to_category
 
-from securepacs import dicom_status
 from securepacs.client.connection import MAX_CONTEXTS, Connection, associate
 from securepacs.client.errors import ClientError
 from securepacs.client.query import Keys, build_identifier, query_model, response_status
-from securepacs.settings import SettingsError, validate_aet
+from securepacs.config.environment import SettingsError, validate_aet
+from securepacs.dicom import status_codes
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ class RetrieveResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == dicom_status.SUCCESS and self.failed == 0
+        return self.status == status_codes.SUCCESS and self.failed == 0
 
     def report(self, operation: str) -> str:
-        text = (f"{operation} {dicom_status.describe(self.status)}: completed {self.completed}, "
+        text = (f"{operation} {status_codes.describe(self.status)}: completed {self.completed}, "
                 f"failed {self.failed}, warning {self.warning}")
         if self.remaining:
             text += f", remaining {self.remaining}"
@@ -146,7 +146,7 @@ class _Receiver:
         sop_instance = str(event.request.AffectedSOPInstanceUID or "")
         if len(sop_instance) > 64 or not _UID_RE.match(sop_instance):
             logger.warning("refused a received instance: invalid SOP Instance UID %r", sop_instance[:80])
-            return dicom_status.STORE_ERROR_CANNOT_UNDERSTAND
+            return status_codes.STORE_ERROR_CANNOT_UNDERSTAND
         target = self.out_dir / f"{sop_instance}.dcm"
         partial = self.out_dir / f".{sop_instance}.dcm.part"
         try:
@@ -157,10 +157,10 @@ class _Receiver:
         except OSError as exc:
             logger.error("cannot write %s: %s", target, exc.strerror or exc)
             partial.unlink(missing_ok=True)
-            return dicom_status.STORE_REFUSED_OUT_OF_RESOURCES
+            return status_codes.STORE_REFUSED_OUT_OF_RESOURCES
         self.written += 1
         logger.debug("received %s", target)
-        return dicom_status.SUCCESS
+        return status_codes.SUCCESS
 
 
 def get(conn: Connection, level: str | None = "STUDY", keys: Keys = (), out_dir: Path | str = ".",

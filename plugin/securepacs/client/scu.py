@@ -26,12 +26,12 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
-from securepacs import dicom_status
 from securepacs.client.connection import MAX_CONTEXTS, Connection, associate, close, open_association
 from securepacs.client.errors import ClientError, ConnectionFailed
 from securepacs.client.progress import Progress
 from securepacs.client.scan import DicomFile, Unsendable, check_paths, inspect, iter_files, read_for_sending
 from securepacs.client.summary import FAILURE, NOT_SENT, SUCCESS, WARNING, Results, StoreSummary
+from securepacs.dicom import status_codes
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _send_one(assoc: Association, item: DicomFile, msg_id: int,
         return FAILURE, "no C-STORE response (DIMSE timeout or association aborted)"
     code = int(status.Status)
     category = code_to_category(code)
-    detail = dicom_status.describe(code)
+    detail = status_codes.describe(code)
     comment = status.get("ErrorComment")
     if comment:
         detail += f" - {comment}"

@@ -23,7 +23,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import data_element_generator
 
-from securepacs import dicom_status
+from securepacs.dicom import status_codes
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -99,7 +99,7 @@ def decode_elements(data: bytes, transfer_syntax: str, limit: int) -> dict[int, 
     try:
         implicit, little, deflated = _SYNTAXES[transfer_syntax]
     except KeyError:
-        raise Unverifiable(dicom_status.UNABLE_TO_PROCESS, "identifier in an unsupported transfer syntax") from None
+        raise Unverifiable(status_codes.UNABLE_TO_PROCESS, "identifier in an unsupported transfer syntax") from None
     if deflated:
         data = _inflate(data, limit)
     elements: dict[int, tuple[str | None, bytes]] = {}
@@ -142,7 +142,7 @@ def _may_nest(tag: int, vr: str | None) -> bool:
 
 
 def _bad(reason: str) -> Unverifiable:
-    return Unverifiable(dicom_status.UNABLE_TO_PROCESS, reason)
+    return Unverifiable(status_codes.UNABLE_TO_PROCESS, reason)
 
 
 def _inflate(data: bytes, limit: int) -> bytes:
@@ -166,7 +166,7 @@ def query_from_elements(elements: dict[int, tuple[str | None, bytes]]) -> GetQue
     level_raw = _text(elements, QUERY_RETRIEVE_LEVEL)
     level = LEVELS.get((level_raw or "").upper())
     if level is None:
-        raise Unverifiable(dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        raise Unverifiable(status_codes.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                            "missing or unknown QueryRetrieveLevel")
     keys: dict[str, list[str]] = {}
     for name, tag in UID_KEYS:
@@ -181,10 +181,10 @@ def query_from_elements(elements: dict[int, tuple[str | None, bytes]]) -> GetQue
     if level == "STUDY" and ACCESSION_NUMBER in elements:
         # Orthanc resolves a STUDY-level C-GET by AccessionNumber whenever the tag is present (even empty),
         # and accession numbers are neither unique nor owned: refuse rather than check the wrong key.
-        raise Unverifiable(dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        raise Unverifiable(status_codes.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                            "STUDY-level C-GET with AccessionNumber: retrieve by StudyInstanceUID only")
     if LEVEL_KEY[level] not in keys:
-        raise Unverifiable(dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+        raise Unverifiable(status_codes.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                            f"{level}-level C-GET without {LEVEL_KEY[level]} (universal matching is not allowed)")
     if sum(len(v) for v in keys.values()) > MAX_UIDS:
         raise _bad(f"C-GET names more than {MAX_UIDS} keys")
@@ -199,7 +199,7 @@ def _text(elements: dict[int, tuple[str | None, bytes]], tag: int) -> str | None
         text = found[1].decode("ascii")
     except UnicodeDecodeError:
         # Key values we act on are default-repertoire text; other bytes could decode differently elsewhere.
-        raise Unverifiable(dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "non-ASCII key value") from None
+        raise Unverifiable(status_codes.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "non-ASCII key value") from None
     return text.rstrip(" \0")  # trailing padding (space for text VRs, NUL for UI) is not part of the value
 
 
@@ -207,6 +207,6 @@ def _uids(text: str, name: str) -> list[str]:
     uids = text.split("\\")  # a list of UIDs is allowed in C-GET keys (PS3.4 C.4.3.2.1)
     for uid in uids:
         if len(uid) > 64 or not _UID.fullmatch(uid):
-            raise Unverifiable(dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            raise Unverifiable(status_codes.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                                f"{name} holds an empty value, a wildcard or an invalid UID")
     return list(dict.fromkeys(uids))  # duplicates change nothing Orthanc sends

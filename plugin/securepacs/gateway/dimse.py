@@ -42,8 +42,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from securepacs import dicom_status
 from securepacs.dataset_limits.nesting import Scanner, scanner_for
+from securepacs.dicom import status_codes
 from securepacs.gateway.cget_query import GetQuery, Unverifiable, parse_identifier
 from securepacs.gateway.dimse_command import (
     C_CANCEL_RQ,
@@ -53,7 +53,6 @@ from securepacs.gateway.dimse_command import (
     c_store_failure,
 )
 from securepacs.gateway.dimse_message import MAX_IDENTIFIER_BYTES, Message
-from securepacs.gateway.identity import PeerIdentity
 from securepacs.gateway.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
@@ -73,6 +72,7 @@ from securepacs.gateway.pdu import (
     parse_associate,
     pdu_name,
 )
+from securepacs.gateway.peer_identity import PeerIdentity
 from securepacs.gateway.relay import Action  # the relay's contract; re-exported for inspector users
 
 log = logging.getLogger(__name__)
@@ -234,9 +234,9 @@ class CGetInspector:
             return self._violation("a refused C-STORE shares its PDUs with other messages")
         if not message.reported:
             message.reported = True
-            status = dicom_status.STORE_ERROR_CANNOT_UNDERSTAND
+            status = status_codes.STORE_ERROR_CANNOT_UNDERSTAND
             log.warning("C-STORE from clinic %r refused with %s before it reached the archive: %s", self._clinic,
-                        dicom_status.describe(status), message.refusal)
+                        status_codes.describe(status), message.refusal)
             self._emit("cstore-refused", {"clinic": self._clinic, "calling_aet": self._calling_aet,
                                           "message_id": request.message_id, "status": status,
                                           "reason": message.refusal})
@@ -246,7 +246,7 @@ class CGetInspector:
             return self._violation("a refused C-STORE-RQ lacks the identifiers its answer must echo")
         self._stranded = True
         command = c_store_failure(request.sop_class_raw, request.sop_instance_raw, request.message_id,
-                                  dicom_status.STORE_ERROR_CANNOT_UNDERSTAND, message.refusal)
+                                  status_codes.STORE_ERROR_CANNOT_UNDERSTAND, message.refusal)
         return Action(reply=self._command_pdus(message.context_id, command))
 
     def _cancels_refused(self, message: Message) -> bool:
@@ -288,19 +288,19 @@ class CGetInspector:
             self._emit("cget-allowed", details)
         else:
             log.warning("C-GET from clinic %r refused with %s: %s (%s)", self._clinic,
-                        dicom_status.describe(status), reason, _summary(query))
+                        status_codes.describe(status), reason, _summary(query))
             self._emit("cget-refused", {**details, "status": status, "reason": reason})
         return status, reason
 
     async def _check(self, message: Message) -> tuple[int | None, str, GetQuery | None]:
         assert message.request is not None
         if not message.request.has_data_set:
-            return dicom_status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "C-GET-RQ without an identifier", None
+            return status_codes.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "C-GET-RQ without an identifier", None
         if message.identifier is None:  # given up: larger than the bound
-            return dicom_status.UNABLE_TO_PROCESS, f"identifier larger than {MAX_IDENTIFIER_BYTES} bytes", None
+            return status_codes.UNABLE_TO_PROCESS, f"identifier larger than {MAX_IDENTIFIER_BYTES} bytes", None
         syntax = self._syntaxes.get(message.context_id)
         if syntax is None:
-            return dicom_status.UNABLE_TO_PROCESS, "C-GET on a presentation context that was not accepted", None
+            return status_codes.UNABLE_TO_PROCESS, "C-GET on a presentation context that was not accepted", None
         try:
             query = parse_identifier(bytes(message.identifier), syntax, MAX_IDENTIFIER_BYTES)
         except Unverifiable as exc:
@@ -310,9 +310,9 @@ class CGetInspector:
                                                                 self._calling_aet), self._timeout)
         except Exception as exc:  # fail closed; the type only, a message could quote the request
             log.warning("ownership check for clinic %r failed: %s", self._clinic, type(exc).__name__)
-            return dicom_status.UNABLE_TO_PROCESS, "the ownership check failed", query
+            return status_codes.UNABLE_TO_PROCESS, "the ownership check failed", query
         if allowed is not True:
-            return dicom_status.REFUSED_NOT_AUTHORIZED, "not every requested UID is the clinic's", query
+            return status_codes.REFUSED_NOT_AUTHORIZED, "not every requested UID is the clinic's", query
         return None, "allowed", query
 
     def _failure(self, message: Message, status: int, reason: str) -> list[bytes]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from securepacs.gateway import pdu
-from securepacs.gateway.identity import PeerIdentity
+from securepacs.gateway.peer_identity import PeerIdentity
 
 log = logging.getLogger(__name__)
 

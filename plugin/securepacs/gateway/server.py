@@ -30,10 +30,11 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from securepacs.gateway import pdu, tls
-from securepacs.gateway.config import GatewayConfig, GatewayError
-from securepacs.gateway.events import ACCEPTED, FAILED, REFUSED, ConnectionEvent, EventLog
-from securepacs.gateway.identity import (
+from securepacs.config.gateway_settings import GatewayConfig, GatewayError
+from securepacs.gateway import gateway_tls, pdu
+from securepacs.gateway.connection_events import ACCEPTED, FAILED, REFUSED, ConnectionEvent, EventLog
+from securepacs.gateway.limits import AssociationLimits, RateLimiter
+from securepacs.gateway.peer_identity import (
     PeerIdentity,
     Refusal,
     TrustSnapshot,
@@ -44,7 +45,6 @@ from securepacs.gateway.identity import (
     congestion_refusal,
     limit_refusal,
 )
-from securepacs.gateway.limits import AssociationLimits, RateLimiter
 from securepacs.gateway.relay import (
     READ_LIMIT,
     REJECTED_BY_ACCEPTOR,
@@ -56,7 +56,7 @@ from securepacs.gateway.relay import (
     InspectorFactory,
     Relay,
 )
-from securepacs.store import Clinic
+from securepacs.store.database import Clinic
 
 __all__ = ["Action", "Gateway", "Inspector", "InspectorFactory", "run_gateway"]
 
@@ -136,25 +136,25 @@ class Gateway:
                  events: EventLog | None = None):
         self.config = config
         self.inspector_factory = inspector_factory
-        if not tls.send_alerts_on_failed_handshakes():
+        if not gateway_tls.send_alerts_on_failed_handshakes():
             log.warning("this Python's asyncio is not the one the TLS alert fix was written for: refused "
                         "handshakes end without an alert")
         c = config
-        self.ingress_tls = tls.server_context(c.server_cert, c.server_key, c.clinic_ca, "gateway ingress")
+        self.ingress_tls = gateway_tls.server_context(c.server_cert, c.server_key, c.clinic_ca, "gateway ingress")
         # The internal certificates name 127.0.0.1/localhost: check the name like any TLS client would.
         # None: the plain internal hop (an explicit choice, SECUREPACS_INTERNAL_HOP=plain).
         self.upstream_tls: ssl.SSLContext | None = None
         self.egress_tls: ssl.SSLContext | None = None
         self.destination_tls: ssl.SSLContext | None = None
         if c.internal_tls:
-            self.upstream_tls = tls.client_context(c.internal_cert, c.internal_key, c.internal_ca,
+            self.upstream_tls = gateway_tls.client_context(c.internal_cert, c.internal_key, c.internal_ca,
                                                    "gateway to Orthanc", check_hostname=True)
         if c.egress_listen is not None:
             if c.internal_tls:
-                self.egress_tls = tls.server_context(c.internal_cert, c.internal_key, c.internal_ca,
+                self.egress_tls = gateway_tls.server_context(c.internal_cert, c.internal_key, c.internal_ca,
                                                      "gateway egress")
             # Clinic SCP certificates carry clinic URIs rather than host names: check_destination decides.
-            self.destination_tls = tls.client_context(c.server_cert, c.server_key, c.clinic_ca,
+            self.destination_tls = gateway_tls.client_context(c.server_cert, c.server_key, c.clinic_ca,
                                                       "gateway to clinic SCPs", check_hostname=False)
         self.trust = TrustState(c.store_path, c.crl, c.clinic_ca, c.refresh_interval)
         self.events = events if events is not None else EventLog(c.events_path)
@@ -272,9 +272,9 @@ class Gateway:
             async with asyncio.timeout(self.config.handshake_timeout):
                 endpoint = await self._tls(sock, ctx)
                 ssl_object = endpoint.writer.get_extra_info("ssl_object")
-                event.tls_version, event.cipher = tls.session_info(ssl_object)
+                event.tls_version, event.cipher = gateway_tls.session_info(ssl_object)
                 try:
-                    cert = tls.peer_certificate(ssl_object)
+                    cert = gateway_tls.peer_certificate(ssl_object)
                     peer = PeerIdentity.from_certificate(cert) if cert is not None else None
                 except ValueError as exc:  # OpenSSL accepted it, cryptography cannot parse an extension
                     raise _Refused(f"unreadable-certificate: {exc}", pdu.build_abort()) from None
@@ -560,7 +560,7 @@ class Gateway:
             raise _Refused(f"destination-unreachable: {problem}")
         writer = destination.writer
         try:
-            cert = tls.peer_certificate(writer.get_extra_info("ssl_object"))
+            cert = gateway_tls.peer_certificate(writer.get_extra_info("ssl_object"))
             peer = PeerIdentity.from_certificate(cert) if cert is not None else None
         except ValueError:
             cert = peer = None

@@ -2,7 +2,7 @@
 
 Why read-only: the gateway runs under its own uid and must not be able to change who is enrolled (in
 compose the store is even mounted read-only into its container). The view opens SQLite with
-``mode=ro`` and never runs the schema set-up of :class:`securepacs.store.Store`; a write raises
+``mode=ro`` and never runs the schema set-up of :class:`securepacs.store.database.Store`; a write raises
 ``sqlite3.OperationalError`` ("attempt to write a readonly database"). The store uses a rollback journal,
 so a reader needs nothing but read access to the database file itself.
 """
@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from urllib.parse import quote
 
-from securepacs.store import Store
+from securepacs.store.database import Store
 
 
 class ReadOnlyStore(Store):

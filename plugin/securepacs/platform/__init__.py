@@ -10,4 +10,7 @@ the configuration that version understands (deploy writes it).
 
 Only admins and auditors (and local processes, on the loopback-only internal route) see versions and the
 CVE list; the anonymous health report says only ``ok`` or ``degraded``.
+
+Owns version parsing, the CVE table and the health report's platform component.
+May import: nothing of ours. Imported by the archive, ops and cli.
 """

@@ -10,11 +10,11 @@ What it guarantees:
 - Pages are static shells (``static/``) with no patient data; all PHI travels over same-origin XHR with
   the session cookie, under a strict Content-Security-Policy (no inline script, no eval), frame-ancestors
   none, no referrer, and ``Cache-Control: private`` (rendered images) / ``no-store`` (JSON).
-- URLs carry opaque Orthanc IDs only. Every data request is tenant-checked by ``securepacs.policy`` (the
+- URLs carry opaque Orthanc IDs only. Every data request is tenant-checked by the archive's HTTP policy (the
   patterns live in ``urls``, which imports nothing so the policy and the HTTP filter can use it).
 - Opening a study in the viewer is audited once (DICOM Instances Accessed), not once per frame.
 
 Owns: ``/``, ``/login``, ``/list``, ``/study/<id>``, ``/view/<id>``, ``/assets/<file>`` and
-``/securepacs/api/viewer/...``. May import: ``securepacs.web``, ``identity``, ``tenancy``, ``auditing``,
-``audit.events``; never ``orthanc`` (the app hands in Orthanc's REST API).
+``/securepacs/api/viewer/...``. May import: ``web``, ``access``, ``tenancy``, ``audit``, ``dicom``,
+``config``; never ``orthanc`` (the app hands in Orthanc's REST API).
 """

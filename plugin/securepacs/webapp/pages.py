@@ -11,8 +11,8 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from securepacs.identity import Principal
-from securepacs.web import Request, Response
+from securepacs.access.principal import Principal
+from securepacs.web.messages import Request, Response
 from securepacs.webapp import urls
 
 Handler = Callable[[Request, Principal | None], Response]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from securepacs.access.principal import Principal
 from securepacs.audit import events
-from securepacs.auditing import Auditor
-from securepacs.identity import Principal
+from securepacs.audit.recorder import Auditor
 from securepacs.webapp.pages import Handler, Pages, routes
 from securepacs.webapp.render import Renderer
 from securepacs.webapp.viewer_api import OrthancReads, ViewerApi

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from securepacs.identity import Principal
-from securepacs.web import Request, Response
+from securepacs.access.principal import Principal
+from securepacs.web.messages import Request, Response
 from securepacs.webapp.render import Renderer, RenderError
 
 log = logging.getLogger(__name__)

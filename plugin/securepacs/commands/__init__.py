@@ -1,1 +1,0 @@
-"""Subcommands of ``securepacs``: thin argument parsing over the service modules."""
