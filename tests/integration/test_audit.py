@@ -24,8 +24,8 @@ from test_rejections import client_context, dicom_attempt
 
 from securepacs.audit import iter_entries
 from securepacs.client import echo, find, get, move, store
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.pki import authority
-from securepacs.tenancy.ownership import orthanc_id
 from securepacs_tools.synth import CT_IMAGE_STORAGE, StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from test_tenancy_matrix import add_user
 from securepacs.audit import iter_entries
 from securepacs.client import store
 from securepacs.dicom import status_codes
-from securepacs.tenancy.ownership import orthanc_id
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs_tools.synth import StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration

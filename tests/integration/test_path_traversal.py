@@ -28,7 +28,7 @@ import pydicom
 import pytest
 
 from securepacs.client import store
-from securepacs.tenancy.ownership import orthanc_id
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs_tools.synth import StudySpec, write_study
 
 pytestmark = pytest.mark.integration

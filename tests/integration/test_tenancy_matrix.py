@@ -26,7 +26,7 @@ from test_dimse import TlsTunnel, dcmtk_tls
 
 from securepacs.client import find, get, move, store
 from securepacs.dicom import status_codes
-from securepacs.tenancy.ownership import orthanc_id
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs_tools.synth import StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ from _webapp_env import ARTIFACTS, add_user, launch, phantom, write_ct
 from test_webapp_browser import new_page
 
 from securepacs.client import store
-from securepacs.tenancy.ownership import orthanc_id
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.webapp import render
 
 pytestmark = [pytest.mark.integration,

@@ -35,7 +35,7 @@ from PIL import Image
 
 from securepacs.access import totp
 from securepacs.client import store
-from securepacs.tenancy.ownership import orthanc_id
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.webapp import windowing
 
 pytestmark = pytest.mark.integration

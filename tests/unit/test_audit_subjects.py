@@ -29,7 +29,8 @@ from securepacs.archive.app import SecurePacsApp
 from securepacs.archive.move_scp import MoveRefused
 from securepacs.audit import create_checkpoint_key, iter_entries
 from securepacs.config.plugin_settings import PluginConfig
-from securepacs.tenancy.ownership import orthanc_id, read_ids
+from securepacs.dicom.identifiers import orthanc_id
+from securepacs.tenancy.ownership import read_ids
 from securepacs.web.messages import Request
 
 GATEWAY_PW = "gateway-password-1234"

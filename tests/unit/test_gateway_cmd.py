@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from securepacs.cli import gateway_cmd
+from securepacs.gateway import command as gateway_cmd
 
 SECUREPACS = Path(sys.executable).with_name("securepacs")
 

@@ -33,10 +33,10 @@ from _scp import TestSCP
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from securepacs.cli import gateway_cmd
 from securepacs.client import Connection, ConnectionFailed, TlsConfig, echo, open_association, store
 from securepacs.config import environment
 from securepacs.gateway import Action, GatewayError, pdu
+from securepacs.gateway import command as gateway_cmd
 from securepacs.gateway.connection_events import ConnectionEvent, EventLog
 from securepacs.store.database import Store
 from securepacs_tools.synth import StudySpec, write_study

@@ -14,8 +14,9 @@ from securepacs.access.principal import ADMIN, CLINIC_DEVICE, Principal
 from securepacs.archive.move_scp import MoveOperation, MovePlan, MoveRefused, MoveService
 from securepacs.audit.recorder import Auditor
 from securepacs.dicom import status_codes
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.store.database import Store
-from securepacs.tenancy.ownership import Tenancy, orthanc_id, read_ids
+from securepacs.tenancy.ownership import Tenancy, read_ids
 from securepacs.tenancy.stow import StowService
 from securepacs.web.messages import Request
 from securepacs_tools.synth import StudySpec, instance

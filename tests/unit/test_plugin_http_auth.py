@@ -16,8 +16,8 @@ from _accounts_env import Clock, clock  # noqa: F401 (the fake clock fixture)
 from securepacs.access import accounts as accounts_mod
 from securepacs.access import passwords
 from securepacs.access.accounts import Accounts, AccountSettings
-from securepacs.access.http_auth import HttpAuthenticator
 from securepacs.access.principal import ROLES, Principal
+from securepacs.archive.http_auth import HttpAuthenticator
 from securepacs.store.database import Store
 
 # passwords.hash_password binds SCRYPT_N as a default at definition time: patching the constant would not

@@ -8,10 +8,11 @@ from typing import ClassVar
 
 import pytest
 
-from securepacs.access.http_policy import HttpPolicy
 from securepacs.access.principal import ADMIN, AUDITOR, CLINIC_DEVICE, PHYSICIAN, Principal
+from securepacs.archive.http_policy import HttpPolicy
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.store.database import Store
-from securepacs.tenancy.ownership import Tenancy, orthanc_id
+from securepacs.tenancy.ownership import Tenancy
 
 OWN_UID, FOREIGN_UID = "1.2.826.1", "1.2.826.2"
 OWN_SERIES_UID, FOREIGN_SERIES_UID = "1.2.826.1.1", "1.2.826.2.1"

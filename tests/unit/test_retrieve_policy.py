@@ -10,8 +10,9 @@ import pytest
 from _dicom import encode
 
 from securepacs.access.principal import ADMIN, Principal
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.store.database import Store
-from securepacs.tenancy.ownership import Tenancy, orthanc_id
+from securepacs.tenancy.ownership import Tenancy
 from securepacs.tenancy.retrieve_policy import MAX_UIDS, clinic_principal, decide, parse_request
 from securepacs_tools.synth import StudySpec, instance, uid
 

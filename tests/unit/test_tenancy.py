@@ -11,8 +11,9 @@ from _dicom import encode
 
 from securepacs.access.principal import ADMIN, AUDITOR, PHYSICIAN, Principal
 from securepacs.dicom import status_codes
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.store.database import Store
-from securepacs.tenancy.ownership import Tenancy, orthanc_id, read_ids
+from securepacs.tenancy.ownership import Tenancy, read_ids
 from securepacs_tools.synth import StudySpec, instance, uid
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from test_policy import ADMIN_P, AUDIT, DEVICE, DOCTOR, FOREIGN_INST, FOREIGN_STUDY, OWN_INST, OWN_STUDY, policy
 
-from securepacs.access.http_policy import HttpPolicy
 from securepacs.access.principal import GATEWAY, Principal
+from securepacs.archive.http_policy import HttpPolicy
 
 __all__ = ["policy"]  # the fixture, imported for use here
 

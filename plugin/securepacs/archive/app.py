@@ -17,9 +17,9 @@ from typing import Any, Protocol
 from securepacs import __version__
 from securepacs.access import account_api
 from securepacs.access.accounts import Accounts, AccountSettings
-from securepacs.access.http_auth import FORGED, HTTP_METHODS, NOT_INTERNAL, HttpAuthenticator
-from securepacs.access.http_policy import OWNERSHIP_URI, HttpPolicy
 from securepacs.access.principal import ADMIN, AUDITOR, CLINIC_DEVICE, GATEWAY, Principal
+from securepacs.archive.http_auth import FORGED, HTTP_METHODS, NOT_INTERNAL, HttpAuthenticator
+from securepacs.archive.http_policy import OWNERSHIP_URI, HttpPolicy
 from securepacs.archive.modalities import ModalityApi, ModalitySync
 from securepacs.archive.move_scp import MoveOperation, MovePlan, MoveRefused, MoveService
 from securepacs.archive.orthanc_tools import OrthancTools

@@ -6,7 +6,7 @@ address, headers, GET arguments) never sees a body, so the filter cannot say wha
 These routes take over Orthanc's own URIs (a plugin's REST callback is matched before Orthanc's built-in
 API), write the audit record from the body, then hand the unchanged body to Orthanc's built-in handler
 in-process (``orthanc.RestApiPost`` reaches the built-in API, not this route again) and return its answer.
-The HTTP filter has already authorised the request (admins only: ``securepacs.access.http_policy``).
+The HTTP filter has already authorised the request (admins only: ``securepacs.archive.http_policy``).
 
 Limit: a synchronous archive passes through the plugin's memory once (Orthanc alone would stream it); for
 large exports use ``"Asynchronous": true`` and ``GET /jobs/{id}/archive`` (the export record is written
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from securepacs.access.principal import Principal
 from securepacs.audit.recorder import Auditor
-from securepacs.tenancy.ownership import ORTHANC_ID_PATTERN
+from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN
 from securepacs.tenancy.subjects import MAX_RESOLVED, Subjects, patient_ids
 from securepacs.web.messages import Request, Response
 

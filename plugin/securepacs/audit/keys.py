@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securepacs.audit.files import write_atomically
 from securepacs.audit.record import canonical_json
+from securepacs.durable.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from securepacs.access.principal import Principal
 from securepacs.audit import ActiveParticipant, AuditRecord, AuditSource, AuditTrail, codes, events
-from securepacs.tenancy.ownership import ORTHANC_ID_PATTERN, InstanceIds
+from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN, InstanceIds
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from securepacs.audit.chain import GENESIS, LineError, TrailEntry, iter_raw_lines, parse_line
-from securepacs.audit.files import write_atomically
 from securepacs.audit.rfc5424 import FACILITY_AUTHPRIV, format_message, frame, local_hostname
+from securepacs.durable.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from securepacs.audit.chain import (
     parse_line,
     read_last_line,
 )
-from securepacs.audit.files import fsync_dir
 from securepacs.audit.keys import load_checkpoint_private_key, sign_checkpoint
 from securepacs.audit.record import ActiveParticipant, AuditRecord, AuditSource, utc_now
+from securepacs.durable.atomic_file import fsync_dir
 
 log = logging.getLogger(__name__)
 

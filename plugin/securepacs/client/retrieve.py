@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from securepacs.client.errors import ClientError
 from securepacs.client.query import Keys, build_identifier, query_model, response_status
 from securepacs.config.environment import SettingsError, validate_aet
 from securepacs.dicom import status_codes
+from securepacs.dicom.identifiers import UID_RE
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ GET_TRANSFER_SYNTAXES = [
 
 # A SOP Instance UID becomes a file name: accept only what PS3.5 allows (digits and dots, ≤ 64), so a
 # hostile peer cannot write outside the output directory.
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 @dataclass(frozen=True)
@@ -144,7 +143,7 @@ class _Receiver:
 
     def __call__(self, event: evt.Event) -> int:
         sop_instance = str(event.request.AffectedSOPInstanceUID or "")
-        if len(sop_instance) > 64 or not _UID_RE.match(sop_instance):
+        if len(sop_instance) > 64 or not UID_RE.fullmatch(sop_instance):
             logger.warning("refused a received instance: invalid SOP Instance UID %r", sop_instance[:80])
             return status_codes.STORE_ERROR_CANNOT_UNDERSTAND
         target = self.out_dir / f"{sop_instance}.dcm"

@@ -1,6 +1,6 @@
 """The DICOM gateway: a mutual-TLS front door that binds certificates to AE titles before Orthanc sees a byte.
 
-``securepacs gateway`` runs it (``securepacs.cli.gateway_cmd``); ``run_gateway(config)`` is the entry
+``securepacs gateway`` runs it (``securepacs.gateway.command``); ``run_gateway(config)`` is the entry
 point for launchers and ``Gateway`` for tests. Inspectors (C-GET checks) plug into the relay through
 ``Inspector``/``Action``/``InspectorFactory``.
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from securepacs.cli import gateway_cmd
+from securepacs.gateway import command as gateway_cmd
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,6 @@ the other side. The structural checks here make the encoding unambiguous before 
 from __future__ import annotations
 
 import io
-import re
 import zlib
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filereader import data_element_generator
 
 from securepacs.dicom import status_codes
+from securepacs.dicom.identifiers import LEVEL_KEY, UID_RE
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -61,10 +61,7 @@ LEVELS = {
     "SERIES": "SERIES",
     "IMAGE": "IMAGE", "IMAGES": "IMAGE", "INSTANCE": "IMAGE", "INSTANCES": "IMAGE",
 }
-LEVEL_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
-             "IMAGE": "SOPInstanceUID"}
-# Only digits and dots: no wildcard, space or padding can hide in a UID we vouch for.
-_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_UID = UID_RE
 MAX_UIDS = 10_000  # bounds the ownership check one request can cause
 
 

@@ -22,6 +22,7 @@ from securepacs.access import passwords, user_admin
 from securepacs.audit import create_checkpoint_key
 from securepacs.audit.checkpoints import CHECKPOINTS_FILE
 from securepacs.config.environment import Settings
+from securepacs.durable.atomic_file import write_atomically
 from securepacs.ops.gateway_account import ensure_gateway_account
 from securepacs.ops.proxy_secret import ensure_proxy_secret, proxy_dir
 from securepacs.ops.service_accounts import (
@@ -117,11 +118,8 @@ def _mkdir(path: Path, mode: int, user: pwd.struct_passwd | None = None, group: 
 
 def _write(path: Path, text: str, mode: int = 0o644, owner: pwd.struct_passwd | None = None) -> None:
     # Atomic replace: works even when an earlier (root) run owns the old file, and never leaves half a file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, mode)
-    _chown(tmp, owner)
-    os.replace(tmp, path)
+    uid, gid = (owner.pw_uid, owner.pw_gid) if owner is not None else (-1, -1)
+    write_atomically(path, text.encode("utf-8"), mode, uid=uid, gid=gid)
 
 
 def check_reachable(path: Path, user: pwd.struct_passwd | None) -> None:

@@ -7,13 +7,13 @@ a service identity looks like: a name nobody can guess, a generated password, ro
 from __future__ import annotations
 
 import logging
-import os
 import pwd
 import secrets
 from pathlib import Path
 
 from securepacs.access import passwords, user_admin
 from securepacs.access.principal import GATEWAY
+from securepacs.durable.atomic_file import write_atomically
 from securepacs.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -23,14 +23,9 @@ __all__ = ["GATEWAY_USER_PREFIX", "ensure_gateway_account"]
 
 
 def _write_private(path: Path, text: str, owner: pwd.struct_passwd | None) -> None:
-    # Atomic replace, 0600 from the first byte, then handed to the gateway's uid.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    if owner is not None:
-        os.chown(tmp, owner.pw_uid, owner.pw_gid)
-    os.replace(tmp, path)
+    # Atomic replace, 0600 from the first byte, owned by the gateway's uid before it is visible.
+    uid, gid = (owner.pw_uid, owner.pw_gid) if owner is not None else (-1, -1)
+    write_atomically(path, text.encode("utf-8"), 0o600, uid=uid, gid=gid)
 
 
 def _credential_user(path: Path) -> str | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from securepacs.config.environment import Settings
 from securepacs.config.plugin_settings import PROXY_SECRET_HEADER
+from securepacs.durable.atomic_file import write_atomically
 from securepacs.ops.service_accounts import WEB_ACCOUNT
 
 SECRET_FILE = "secret"  # noqa: S105 (a file name)
@@ -47,12 +48,9 @@ def _place(path: Path, mode: int, owner: pwd.struct_passwd | None, group: int | 
 
 
 def _write(path: Path, text: str, owner: pwd.struct_passwd | None, group: int | None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(text)
-    _place(tmp, 0o640, owner, group)
-    os.replace(tmp, path)  # atomic: never half a secret
+    # Never half a secret; group-readable only when a group (nginx's) is named.
+    uid, gid = (owner.pw_uid, group if group is not None else owner.pw_gid) if owner is not None else (-1, -1)
+    write_atomically(path, text.encode("ascii"), 0o640 if group is not None else 0o600, uid=uid, gid=gid)
 
 
 def ensure_proxy_secret(directory: Path, owner: pwd.struct_passwd | None) -> tuple[Path, Path]:

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securepacs.config.environment import SettingsError, validate_aet
+from securepacs.durable.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -301,50 +301,13 @@ def fingerprint_sha256(cert: x509.Certificate) -> str:
 # -- files -------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _publish(tmp: str, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        # link() fails if the target exists: an atomic create-if-absent, unlike exists() + replace().
-        os.link(tmp, path)
-    except FileExistsError:
-        raise PkiError(f"{path} already exists; refusing to overwrite it") from None
-    except OSError:
-        # Filesystems without hard links: fall back to the racy check, still never clobbering knowingly.
-        if path.exists():
-            raise PkiError(f"{path} already exists; refusing to overwrite it") from None
-        os.replace(tmp, path)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite and path.exists():
-            raise PkiError(f"{path} already exists; refusing to overwrite it")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), mode)  # before any byte lands, so a key is never readable by others
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _publish(tmp, path, overwrite)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        _fsync_dir(path.parent)
+        write_atomically(path, data, mode, exclusive=not overwrite)
+    except FileExistsError:
+        raise PkiError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
         raise PkiError(f"cannot write {path}: {exc.strerror or exc}") from exc
 

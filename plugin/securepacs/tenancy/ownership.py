@@ -11,7 +11,6 @@ before Orthanc stores it; the store keeps the study's Orthanc ID next to its UID
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import struct
@@ -27,6 +26,7 @@ from pydicom.tag import Tag
 
 from securepacs.access.principal import Principal
 from securepacs.dicom import header_reader, status_codes
+from securepacs.dicom.identifiers import InstanceIds
 from securepacs.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -40,33 +40,6 @@ class OrthancIndex(Protocol):
 
     def get_json(self, uri: str) -> Any: ...
     def lookup(self, level: str, uid: str) -> str | None: ...
-
-
-# An Orthanc resource ID as it appears in URIs (five dash-separated groups of 8 hex digits).
-ORTHANC_ID_PATTERN = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
-
-
-def orthanc_id(*parts: str) -> str:
-    """Orthanc's resource ID: SHA-1 of the '|'-joined identifiers, as five dash-separated groups of 8."""
-    digest = hashlib.sha1("|".join(parts).encode()).hexdigest()  # noqa: S324 (Orthanc's naming, not security)
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
-
-
-@dataclass(frozen=True)
-class InstanceIds:
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-
-    @property
-    def orthanc_study(self) -> str:
-        return orthanc_id(self.patient_id, self.study_uid)
-
-    @property
-    def orthanc_instance(self) -> str:
-        return orthanc_id(self.patient_id, self.study_uid, self.series_uid, self.sop_uid)
 
 
 class NotDicom(ValueError):

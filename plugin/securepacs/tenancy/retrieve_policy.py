@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from securepacs.access.principal import CLINIC_DEVICE, Principal
+from securepacs.dicom.identifiers import LEVEL_KEY, QR_LEVELS
 from securepacs.pki.authority import CLINIC_NAME_RE
 from securepacs.tenancy.ownership import Tenancy
 
-LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+LEVELS = QR_LEVELS
 KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID")
 # key -> tenancy level of the UID; the level's own key must be present (Orthanc resolves by it alone).
 UID_LEVELS = (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"), ("SOPInstanceUID", "instance"))
-LEVEL_KEY = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+# C-GET names UIDs; a PATIENT-level C-GET is not allowed (one Patient ID can span clinics).
+UID_LEVEL_KEY = {level: key for level, key in LEVEL_KEY.items() if level != "PATIENT"}
 MAX_UIDS = 10_000
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
@@ -73,12 +75,12 @@ def decide(tenancy: Tenancy, principal: Principal, level: str, keys: Mapping[str
     if level == "PATIENT":
         return False, ("PATIENT-level C-GET is not supported: a patient may hold other clinics' studies; "
                        "retrieve at STUDY level")
-    if level not in LEVEL_KEY:
+    if level not in UID_LEVEL_KEY:
         return False, f"unknown retrieve level {level!r}"
     if not principal.is_admin and principal.clinic is None:
         return False, "the principal acts for no clinic"
-    if not keys.get(LEVEL_KEY[level]):
-        return False, f"{level}-level C-GET without {LEVEL_KEY[level]}"
+    if not keys.get(UID_LEVEL_KEY[level]):
+        return False, f"{level}-level C-GET without {UID_LEVEL_KEY[level]}"
     total = sum(len(keys.get(name) or []) for name, _ in UID_LEVELS)
     if total > MAX_UIDS:
         return False, f"more than {MAX_UIDS} UIDs in one C-GET"

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from securepacs.audit.recorder import Auditor
 from securepacs.dicom import status_codes
-from securepacs.tenancy.ownership import InstanceIds
+from securepacs.dicom.identifiers import InstanceIds
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from securepacs.audit.recorder import Auditor
 from securepacs.dataset_limits.nesting import NestingError
 from securepacs.dataset_limits.part10 import check_file
 from securepacs.dicom import status_codes
-from securepacs.tenancy.ownership import ORTHANC_ID_PATTERN, Admission, InstanceIds, NotDicom, Tenancy, read_ids
+from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN, InstanceIds
+from securepacs.tenancy.ownership import Admission, NotDicom, Tenancy, read_ids
 from securepacs.web.messages import Request, Response
 
 log = logging.getLogger(__name__)

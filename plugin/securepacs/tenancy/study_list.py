@@ -12,8 +12,8 @@ from typing import Any
 from pydicom import Dataset
 
 from securepacs.access.principal import Principal
+from securepacs.dicom.identifiers import orthanc_id
 from securepacs.tenancy.find_engine import QueryEngine
-from securepacs.tenancy.ownership import orthanc_id
 from securepacs.web.messages import Request, Response
 
 MAX_LIMIT = 200

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from securepacs_tools.bench.common import BENCH_AET, SERVER_AET
 from securepacs_tools.bench.model import Cell, Run
-from securepacs_tools.bench.server import Running, cpu_seconds, status_kb
+from securepacs_tools.bench.processes import Running, cpu_seconds, status_kb
 
 SECUREPACS = Path(sys.executable).with_name("securepacs")
 # DCMTK's, by path: pynetdicom installs a `storescu` of its own into the venv's bin, first on PATH in the image

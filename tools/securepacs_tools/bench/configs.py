@@ -14,7 +14,7 @@ from typing import Any
 
 from securepacs_tools.bench import fullstack
 from securepacs_tools.bench.common import SERVER_AET, BenchPki, free_port
-from securepacs_tools.bench.server import Running, base_env, mkdir, spawn_orthanc, wait_rest
+from securepacs_tools.bench.processes import Running, base_env, mkdir, spawn_orthanc, wait_rest
 from securepacs_tools.bench.specs import SHARES_STACK, SPECS
 
 

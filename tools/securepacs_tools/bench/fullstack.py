@@ -20,7 +20,7 @@ from securepacs.config.environment import Settings
 from securepacs.ops import deploy, launcher
 from securepacs.store.database import Store
 from securepacs_tools.bench.common import BENCH_AET, HOSTNAMES, SERVER_AET, BenchError, BenchPki, free_port
-from securepacs_tools.bench.server import Running, base_env, mkdir, spawn_orthanc, wait_rest
+from securepacs_tools.bench.processes import Running, base_env, mkdir, spawn_orthanc, wait_rest
 from securepacs_tools.bench.specs import SPECS
 
 _PLUGIN_KEYS = ("Plugins", "PythonScript", "SecurePACS", "PythonVerbose")

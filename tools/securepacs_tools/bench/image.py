@@ -24,7 +24,7 @@ from typing import Any
 
 from securepacs_tools.bench.common import BenchError, BenchPki, Credentials
 from securepacs_tools.bench.model import IMAGE
-from securepacs_tools.bench.server import START_TIMEOUT, Running, mkdir
+from securepacs_tools.bench.processes import START_TIMEOUT, Running, mkdir
 from securepacs_tools.bench.specs import SPECS
 
 MANIFEST = "manifest.json"

@@ -21,7 +21,7 @@ from securepacs.config.gateway_settings import GatewayConfig
 from securepacs.gateway import pdu
 from securepacs_tools.bench.common import BENCH_AET, SERVER_AET, Credentials
 from securepacs_tools.bench.model import EchoRun
-from securepacs_tools.bench.server import Running, status_kb
+from securepacs_tools.bench.processes import Running, status_kb
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"

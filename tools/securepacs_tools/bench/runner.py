@@ -17,7 +17,7 @@ from securepacs_tools.bench import clients, configs, image, machine, probes
 from securepacs_tools.bench.common import BenchPki
 from securepacs_tools.bench.model import DATASETS, IMAGE, NATIVE, CellResult, Results
 from securepacs_tools.bench.plan import plan
-from securepacs_tools.bench.server import Running, status_kb
+from securepacs_tools.bench.processes import Running, status_kb
 from securepacs_tools.bench.specs import SPECS
 
 

@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from securepacs.access.principal import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal
+from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN, UID_IN_URI_PATTERN
 from securepacs.platform import health
-from securepacs.tenancy.ownership import ORTHANC_ID_PATTERN, Tenancy
+from securepacs.tenancy.ownership import Tenancy
 from securepacs.webapp import urls as webapp_urls
 
 _ID = ORTHANC_ID_PATTERN
-_UID = r"[0-9.]{1,64}"  # a DICOM UID
+_UID = UID_IN_URI_PATTERN
 
 # Orthanc REST resources a clinic role may read; the group is the Orthanc ID checked for ownership.
 _ORTHANC_READS: tuple[tuple[str, re.Pattern[str]], ...] = (
