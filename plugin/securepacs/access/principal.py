@@ -32,3 +32,11 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the HTTP policy decided for a principal's request, and why (the reason goes to the audit trail)."""
+
+    allowed: bool
+    reason: str

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs import __version__
 from securepacs.access import account_api
@@ -38,6 +38,7 @@ from securepacs.tenancy.stow import StowService
 from securepacs.tenancy.study_list import StudyList
 from securepacs.tenancy.subjects import Subjects, patient_ids
 from securepacs.web.messages import Request, Response
+from securepacs.web.orthanc_api import OrthancRest
 from securepacs.webapp.service import WebApp
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,6 @@ AET_CACHE_SECONDS = 1.0
 # Sent by the gateway with each ownership check (securepacs.gateway.ownership_client.CALLING_AET_HEADER; not
 # imported: the plugin does not load the gateway package).
 CALLING_AET_HEADER = "x-securepacs-calling-aet"
-
-
-class OrthancRest(Protocol):
-    def get_json(self, uri: str) -> Any: ...
-    def post_json(self, uri: str, body: Any) -> Any: ...
-    def post_bytes(self, uri: str, body: bytes) -> bytes: ...
-    def delete(self, uri: str) -> None: ...
-    def lookup(self, level: str, uid: str) -> str | None: ...
 
 
 class SecurePacsApp:

@@ -21,10 +21,9 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from securepacs.access.accounts import Accounts
-from securepacs.access.principal import Principal
+from securepacs.access.principal import Principal, Verdict
 from securepacs.config.plugin_settings import PROXY_SECRET_HEADER
 from securepacs.platform import health
 from securepacs.webapp import urls as webapp_urls
@@ -47,11 +46,6 @@ NOT_INTERNAL = "internal route: only local services may call it, never through n
 
 # OrthancPluginHttpMethod values as passed by the Python plugin's request filter.
 HTTP_METHODS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE"}
-
-
-class Verdict(Protocol):
-    allowed: bool
-    reason: str
 
 
 # policy(principal, method, uri, get_arguments) -> (allowed, reason), or an object with those attributes

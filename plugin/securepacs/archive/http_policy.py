@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from securepacs.access.principal import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal
+from securepacs.access.principal import AUDITOR, CLINIC_DEVICE, GATEWAY, PHYSICIAN, Principal, Verdict
 from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN, UID_IN_URI_PATTERN
 from securepacs.platform import health
 from securepacs.tenancy.ownership import Tenancy
@@ -58,12 +57,6 @@ _UNCHECKED_INGEST = re.compile(
 CLINIC_READERS = frozenset({PHYSICIAN, CLINIC_DEVICE})
 OWNERSHIP_URI = "/securepacs/internal/ownership"
 AUDIT_URI = "/securepacs/api/audit"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool
-    reason: str
 
 
 class HttpPolicy:

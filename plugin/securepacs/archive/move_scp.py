@@ -15,11 +15,12 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs.archive.modalities import PREFIX
 from securepacs.store.database import Clinic, Store
 from securepacs.tenancy.ownership import Tenancy
+from securepacs.web.orthanc_api import OrthancRest
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,6 @@ MAX_RESOURCES = 10_000  # bound the work one request can cause
 
 class MoveRefused(Exception):
     """The C-MOVE was refused; the message is safe for the operational log (no patient data)."""
-
-
-class OrthancRest(Protocol):
-    def get_json(self, uri: str) -> Any: ...
-    def post_json(self, uri: str, body: Any) -> Any: ...
-    def lookup(self, level: str, uid: str) -> str | None: ...
 
 
 @dataclass(frozen=True)

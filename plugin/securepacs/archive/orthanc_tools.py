@@ -19,13 +19,14 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs.access.principal import Principal
 from securepacs.audit.recorder import Auditor
 from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN
 from securepacs.tenancy.subjects import MAX_RESOLVED, Subjects, patient_ids
 from securepacs.web.messages import Request, Response
+from securepacs.web.orthanc_api import OrthancRest
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ _ORTHANC_ID = re.compile(ORTHANC_ID_PATTERN)
 _CLIENT_ERRORS = {8: 400, 17: 404}  # BadRequest, UnknownResource
 
 Handler = Callable[[Request, "Principal | None"], Response]
-
-
-class OrthancRest(Protocol):
-    def post_bytes(self, uri: str, body: bytes) -> bytes: ...
 
 
 def _orthanc_error(exc: Exception, what: str) -> Response:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from securepacs.config import environment
 from securepacs.config.argtypes import positive_int
 
 EXIT_USAGE = 2
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--platforms", nargs="+", metavar="NAME",
                    help=f"where the servers run ({PLATFORMS_HELP}): native (this host's Orthanc) and/or image "
                         "(the same configurations in a container of --image, host network); default both, side by side")
-    p.add_argument("--image", default=os.environ.get("SECUREPACS_IMAGE", "securepacs:latest"), metavar="TAG",
+    p.add_argument("--image", default=environment.env_value(os.environ, "SECUREPACS_IMAGE"), metavar="TAG",
                    help="the image platform's image (default $SECUREPACS_IMAGE or securepacs:latest, compose's tag)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (data, logs) afterwards")
     p.set_defaults(func=run)

@@ -12,6 +12,9 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from securepacs.config import schema
 
 DEFAULT_AET = "SECUREPACS"
 DEFAULT_DICOM_PORT = 2762  # IANA dicom-tls
@@ -37,19 +40,6 @@ def validate_aet(value: str, what: str = "AE title") -> str:
             "no backslash and not only spaces (DICOM PS3.5 value representation AE)"
         )
     return value.strip()
-
-
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 1 <= port <= 65535:
-        raise SettingsError(f"{name}={raw!r} is invalid: expected a TCP port number 1-65535")
-    return port
 
 
 @dataclass(frozen=True)
@@ -112,51 +102,108 @@ class Settings:
         return self.certs_dir / "audit" / "checkpoint.key"
 
 
+INTERNAL_HOPS = ("tls", "plain")
+
+
+def _hostname(raw: str) -> tuple[str, ...]:
+    hosts = [h.strip() for h in raw.split(",") if h.strip()]
+    for h in hosts:
+        if not re.match(r"^[A-Za-z0-9.:_-]{1,253}$", h):
+            raise SettingsError(f"SECUREPACS_HOSTNAMES entry {h!r} is invalid: expected a DNS name or IP address")
+    return tuple(dict.fromkeys(hosts))
+
+
+def _internal_hop(raw: str) -> str:
+    if raw.lower() not in INTERNAL_HOPS:
+        raise schema.Invalid("tls (default) or plain")
+    return raw.lower()
+
+
+def _idle_seconds(raw: str) -> int:
+    # At most the plugin's default absolute session lifetime (12 h), which the idle limit may not exceed.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 43200:
+        raise schema.Invalid("whole seconds 1-43200")
+    return int(raw)
+
+
+def _rate(raw: str) -> float:
+    try:
+        rate = float(raw)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0:  # also refuses NaN
+        raise schema.Invalid("connections per second (0 disables the limit)")
+    return rate
+
+
+def _aet(raw: str) -> str:
+    return validate_aet(raw, "SECUREPACS_AET")
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+# Every SECUREPACS_* variable the archive reads, declared once. An unset or blank variable means the default.
+ENV = schema.table(
+    schema.Key("SECUREPACS_DATA", "data", _text, "the data directory (store, trail, secrets), relative to cwd"),
+    schema.Key("SECUREPACS_CERTS", "certs", _text, "the certificate directory (CAs, server keys)"),
+    schema.Key("SECUREPACS_AET", DEFAULT_AET, _aet, "the archive's AE title", blank_is_default=False),
+    schema.Key("SECUREPACS_HOSTNAMES", (), _hostname, "comma-separated names/addresses in the server certificate"),
+    schema.Key("SECUREPACS_DICOM_PORT", DEFAULT_DICOM_PORT, schema.env_port, "the gateway's DICOM TLS port"),
+    schema.Key("SECUREPACS_HTTPS_PORT", DEFAULT_HTTPS_PORT, schema.env_port, "nginx's HTTPS port"),
+    schema.Key("SECUREPACS_HTTP_PORT", DEFAULT_HTTP_PORT, schema.env_port, "Orthanc's loopback HTTP port"),
+    schema.Key("SECUREPACS_INTERNAL_DICOM_PORT", DEFAULT_INTERNAL_DICOM_PORT, schema.env_port,
+               "Orthanc's DICOM port behind the gateway"),
+    schema.Key("SECUREPACS_EGRESS_PORT", DEFAULT_EGRESS_PORT, schema.env_port,
+               "the gateway's loopback relay for C-MOVE sub-operations"),
+    schema.Key("SECUREPACS_NGINX_DIR", None, _text, "nginx's generated files (default <data>/nginx)"),
+    schema.Key("SECUREPACS_SESSION_IDLE_SECONDS", None, _idle_seconds, "web session idle timeout"),
+    schema.Key("SECUREPACS_INTERNAL_HOP", "tls", _internal_hop, "the gateway <-> Orthanc hop: tls or plain"),
+    schema.Key("SECUREPACS_GATEWAY_RATE_PER_IP", None, _rate, "new connections per second per address"),
+    schema.Key("SECUREPACS_AUDIT_SYSLOG", None, _text, "host:port of a syslog collector (RFC 5425)"),
+    schema.Key("SECUREPACS_AUDIT_SYSLOG_CA", None, _text, "the collector's CA (PEM)"),
+    schema.Key("SECUREPACS_AUDIT_SYSLOG_CERT", None, _text, "our client certificate for the collector (PEM)"),
+    schema.Key("SECUREPACS_AUDIT_SYSLOG_KEY", None, _text, "its private key (PEM)"),
+    schema.Key("SECUREPACS_USER", "orthanc", _text, "the service user Orthanc runs as (root: no separation)"),
+    schema.Key("SECUREPACS_HOME", None, _text, "the installed source tree (default: where this package is)"),
+    schema.Key("SECUREPACS_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so", _text,
+               "Orthanc's python plugin"),
+    schema.Key("SECUREPACS_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so", _text,
+               "Orthanc's DICOMweb plugin"),
+    schema.Key("SECUREPACS_IMAGE", "securepacs:latest", _text, "the image tag the benchmark's image platform runs"),
+)
+
+
+def env_value(env: Mapping[str, str], name: str) -> Any:
+    """The checked value of ``name`` (declared in :data:`ENV`) from ``env``; blank or unset: its default."""
+    key = ENV[name]
+    raw = env.get(name)
+    if raw is None or (key.blank_is_default and not raw.strip()):
+        return key.default
+    try:
+        return key.check(raw.strip() if key.blank_is_default else raw)
+    except schema.Invalid as exc:
+        raise SettingsError(f"{name}={raw.strip()!r} is invalid: expected {exc}") from None
+
+
 def from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
     """Build settings from ``SECUREPACS_*`` variables; relative paths are relative to ``cwd``."""
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
-    data_dir = (cwd / env.get("SECUREPACS_DATA", "data")).resolve()
-    certs_dir = (cwd / env.get("SECUREPACS_CERTS", "certs")).resolve()
-    aet = validate_aet(env.get("SECUREPACS_AET", DEFAULT_AET), "SECUREPACS_AET")
-    raw_hosts = env.get("SECUREPACS_HOSTNAMES", "")
-    hosts = [h.strip() for h in raw_hosts.split(",") if h.strip()]
-    if not hosts:
-        hosts = ["localhost", "127.0.0.1", "::1", socket.getfqdn()]
-    for h in hosts:
-        if not re.match(r"^[A-Za-z0-9.:_-]{1,253}$", h):
-            raise SettingsError(f"SECUREPACS_HOSTNAMES entry {h!r} is invalid: expected a DNS name or IP address")
+    nginx_dir = env_value(env, "SECUREPACS_NGINX_DIR")
     return Settings(
-        data_dir=data_dir,
-        certs_dir=certs_dir,
-        dicom_port=_port(env, "SECUREPACS_DICOM_PORT", DEFAULT_DICOM_PORT),
-        https_port=_port(env, "SECUREPACS_HTTPS_PORT", DEFAULT_HTTPS_PORT),
-        http_port=_port(env, "SECUREPACS_HTTP_PORT", DEFAULT_HTTP_PORT),
-        internal_dicom_port=_port(env, "SECUREPACS_INTERNAL_DICOM_PORT", DEFAULT_INTERNAL_DICOM_PORT),
-        egress_port=_port(env, "SECUREPACS_EGRESS_PORT", DEFAULT_EGRESS_PORT),
-        aet=aet,
-        hostnames=tuple(dict.fromkeys(hosts)),
-        nginx_dir_override=(cwd / env["SECUREPACS_NGINX_DIR"]).resolve() if env.get("SECUREPACS_NGINX_DIR") else None,
-        session_idle_seconds=_idle_seconds(env),
-        internal_hop=_internal_hop(env),
+        data_dir=(cwd / env_value(env, "SECUREPACS_DATA")).resolve(),
+        certs_dir=(cwd / env_value(env, "SECUREPACS_CERTS")).resolve(),
+        dicom_port=env_value(env, "SECUREPACS_DICOM_PORT"),
+        https_port=env_value(env, "SECUREPACS_HTTPS_PORT"),
+        http_port=env_value(env, "SECUREPACS_HTTP_PORT"),
+        internal_dicom_port=env_value(env, "SECUREPACS_INTERNAL_DICOM_PORT"),
+        egress_port=env_value(env, "SECUREPACS_EGRESS_PORT"),
+        aet=env_value(env, "SECUREPACS_AET"),
+        hostnames=env_value(env, "SECUREPACS_HOSTNAMES")
+        or tuple(dict.fromkeys(("localhost", "127.0.0.1", "::1", socket.getfqdn()))),
+        nginx_dir_override=(cwd / nginx_dir).resolve() if nginx_dir else None,
+        session_idle_seconds=env_value(env, "SECUREPACS_SESSION_IDLE_SECONDS"),
+        internal_hop=env_value(env, "SECUREPACS_INTERNAL_HOP"),
     )
-
-
-INTERNAL_HOPS = ("tls", "plain")
-
-
-def _internal_hop(env: Mapping[str, str]) -> str:
-    raw = env.get("SECUREPACS_INTERNAL_HOP", "tls").strip().lower() or "tls"
-    if raw not in INTERNAL_HOPS:
-        raise SettingsError(f"SECUREPACS_INTERNAL_HOP={raw!r} is invalid: expected tls (default) or plain")
-    return raw
-
-
-def _idle_seconds(env: Mapping[str, str]) -> int | None:
-    raw = env.get("SECUREPACS_SESSION_IDLE_SECONDS", "").strip()
-    if not raw:
-        return None
-    # At most the plugin's default absolute session lifetime (12 h), which the idle limit may not exceed.
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 43200:
-        raise SettingsError(f"SECUREPACS_SESSION_IDLE_SECONDS={raw!r} is invalid: expected whole seconds 1-43200")
-    return int(raw)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from securepacs.config import schema
+
 SECTION = "SecurePACS"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # nginx sets this header to the deployment's proxy secret (SecurePACS.ProxySecretFile) on every request it
@@ -59,23 +61,91 @@ class PluginConfig:
     archive_aet: str = "SECUREPACS"
 
 
-_KNOWN = {
-    "Store", "TrustedProxies", "ClientIpHeader", "AuthCacheSeconds", "ModalitySyncSeconds", "LogLevel",
-    "SessionIdleSeconds", "SessionMaxSeconds", "MaxLoginFailures", "LockoutSeconds", "MoveRelayPort",
-    "AuditTrail", "AuditCheckpointKey", "AuditCheckpointSeconds", "InternalHop", "ProxySecretFile",
-    "AddressMaxFailures", "AddressBackoffSeconds",
-}
+def _absolute_path(expected: str) -> Any:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value or not Path(value).is_absolute():
+            raise schema.Invalid(expected)
+        return value
+    return check
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise schema.Invalid("a list of IP addresses")
+    for p in value:
+        if not isinstance(p, str):
+            raise schema.Invalid("a list of IP addresses")
+        try:
+            ipaddress.ip_address(p)
+        except (ValueError, TypeError):
+            raise schema.Invalid("a list of IP addresses") from None
+    return tuple(value)
+
+
+def _relay_port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise schema.Invalid("a TCP port number 1-65535 (the gateway's egress relay)")
+    return value
+
+
+_SECONDS = "number of seconds"
+# The SecurePACS section's keys, each declared once. Defaults are PluginConfig's; cross-key rules
+# (session limits, the per-address throttle, the internal hop) are checked in parse().
+KEYS = schema.table(
+    schema.Key("Store", None, _absolute_path("an absolute path to the plugin's SQLite store"), "the plugin's store"),
+    schema.Key("TrustedProxies", list(PluginConfig.trusted_proxies), _addresses, "nginx's addresses"),
+    schema.Key("ClientIpHeader", PluginConfig.client_ip_header,
+               schema.matching(r"[A-Za-z0-9-]+", "an HTTP header name (letters, digits, '-')"),
+               "the header nginx puts the client's address in"),
+    schema.Key("AuthCacheSeconds", PluginConfig.auth_cache_seconds, schema.integer(0, 3600, _SECONDS),
+               "how long a verified Basic credential is cached"),
+    schema.Key("ModalitySyncSeconds", PluginConfig.modality_sync_seconds,
+               schema.number(0.2, 300, "a number of seconds 0.2-300"), "how often AE titles are synced"),
+    schema.Key("LogLevel", PluginConfig.log_level, schema.one_of(LOG_LEVELS, f"one of {list(LOG_LEVELS)}"),
+               "the plugin's log level"),
+    schema.Key("SessionIdleSeconds", PluginConfig.session_idle_seconds, schema.integer(1, 86400, _SECONDS),
+               "automatic logoff after this much inactivity"),
+    schema.Key("SessionMaxSeconds", PluginConfig.session_max_seconds, schema.integer(1, 2592000, _SECONDS),
+               "a session's longest life"),
+    schema.Key("MaxLoginFailures", PluginConfig.max_login_failures, schema.integer(1, 100, "count"),
+               "wrong passwords that lock an account"),
+    schema.Key("LockoutSeconds", PluginConfig.lockout_seconds, schema.integer(1, 86400, _SECONDS),
+               "how long a locked account stays locked"),
+    schema.Key("AddressMaxFailures", None, schema.integer(0, 99, "count"),
+               "failures that throttle one client address (default one fewer than MaxLoginFailures, at most 4)"),
+    schema.Key("AddressBackoffSeconds", PluginConfig.address_backoff_seconds, schema.integer(1, 86400, _SECONDS),
+               "the first throttle period (doubles while failures go on)"),
+    schema.Key("ProxySecretFile", None, _absolute_path("an absolute path to the file holding nginx's proxy secret"),
+               "the file with nginx's per-deployment secret"),
+    schema.Key("MoveRelayPort", None, schema.optional(_relay_port), "the gateway's egress relay"),
+    schema.Key("InternalHop", "tls", schema.one_of(("tls", "plain"), "\"tls\" (default) or \"plain\""),
+               "the gateway <-> Orthanc hop"),
+    schema.Key("AuditTrail", None, schema.optional(_absolute_path(
+        "an absolute path to the audit trail file, or null")), "the audit trail (required; null only to measure)"),
+    schema.Key("AuditCheckpointKey", None, schema.optional(_absolute_path(
+        "an absolute path to the Ed25519 checkpoint signing key")), "the key that signs in-trail checkpoints"),
+    schema.Key("AuditCheckpointSeconds", PluginConfig.audit_checkpoint_seconds,
+               schema.number(1, 86400, "a number of seconds 1-86400"), "how often in-trail checkpoints are made"),
+)
+_KNOWN = set(KEYS)
 
 
 def _fail(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"configuration {SECTION}.{key} = {value!r} is invalid: expected {expected}")
 
 
-def _int_in(section: Mapping[str, Any], key: str, default: int, low: int, high: int, unit: str) -> int:
-    value = section.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise _fail(key, value, f"an integer {unit} {low}-{high}")
-    return value
+_UNSET: Any = object()
+
+
+def _value(section: Mapping[str, Any], name: str, default: Any = _UNSET) -> Any:
+    """The checked value of a declared key; absent: ``default`` if given, else the declared default."""
+    key = KEYS[name]
+    if name not in section:
+        return key.default if default is _UNSET else default
+    try:
+        return key.check(section[name])
+    except schema.Invalid as exc:
+        raise _fail(name, section[name], str(exc)) from None
 
 
 def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
@@ -89,62 +159,31 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
             f"configuration {SECTION}.{unknown[0]} is not a known key: expected one of {sorted(_KNOWN)}"
         )
 
-    store = section.get("Store")
-    if not isinstance(store, str) or not store or not Path(store).is_absolute():
-        raise _fail("Store", store, "an absolute path to the plugin's SQLite store")
-
-    proxies = section.get("TrustedProxies", list(PluginConfig.trusted_proxies))
-    if not isinstance(proxies, list):
-        raise _fail("TrustedProxies", proxies, "a list of IP addresses")
-    for p in proxies:
-        if not isinstance(p, str):
-            raise _fail("TrustedProxies", proxies, "a list of IP addresses")
-        try:
-            ipaddress.ip_address(p)
-        except (ValueError, TypeError):
-            raise _fail("TrustedProxies", proxies, "a list of IP addresses") from None
-
-    header = section.get("ClientIpHeader", PluginConfig.client_ip_header)
-    if not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header):
-        raise _fail("ClientIpHeader", header, "an HTTP header name (letters, digits, '-')")
-
-    cache = section.get("AuthCacheSeconds", PluginConfig.auth_cache_seconds)
-    if not isinstance(cache, int) or isinstance(cache, bool) or not 0 <= cache <= 3600:
-        raise _fail("AuthCacheSeconds", cache, "an integer number of seconds 0-3600")
-
-    sync = section.get("ModalitySyncSeconds", PluginConfig.modality_sync_seconds)
-    if not isinstance(sync, int | float) or isinstance(sync, bool) or not 0.2 <= sync <= 300:
-        raise _fail("ModalitySyncSeconds", sync, "a number of seconds 0.2-300")
-
-    level = section.get("LogLevel", PluginConfig.log_level)
-    if level not in LOG_LEVELS:
-        raise _fail("LogLevel", level, f"one of {list(LOG_LEVELS)}")
-
-    idle = _int_in(section, "SessionIdleSeconds", PluginConfig.session_idle_seconds, 1, 86400, "number of seconds")
-    longest = _int_in(section, "SessionMaxSeconds", PluginConfig.session_max_seconds, 1, 2592000,
-                      "number of seconds")
+    if "Store" not in section:
+        raise _fail("Store", None, "an absolute path to the plugin's SQLite store")
+    store = _value(section, "Store")
+    proxies = _value(section, "TrustedProxies")
+    header = _value(section, "ClientIpHeader")
+    cache = _value(section, "AuthCacheSeconds")
+    sync = _value(section, "ModalitySyncSeconds")
+    level = _value(section, "LogLevel")
+    idle = _value(section, "SessionIdleSeconds")
+    longest = _value(section, "SessionMaxSeconds")
     if longest < idle:
         # Almost certainly a mix-up of the two keys: the idle limit would never apply.
         raise _fail("SessionMaxSeconds", longest, f"at least SessionIdleSeconds ({idle})")
-    failures = _int_in(section, "MaxLoginFailures", PluginConfig.max_login_failures, 1, 100, "count")
-    lockout = _int_in(section, "LockoutSeconds", PluginConfig.lockout_seconds, 1, 86400, "number of seconds")
+    failures = _value(section, "MaxLoginFailures")
+    lockout = _value(section, "LockoutSeconds")
     # Default: one fewer than locks an account (at most 4); with MaxLoginFailures 1 that is 0 (off).
-    per_address = _int_in(section, "AddressMaxFailures", min(PluginConfig.address_max_failures, failures - 1),
-                          0, 99, "count")
+    per_address = _value(section, "AddressMaxFailures", min(PluginConfig.address_max_failures, failures - 1))
     if per_address >= failures:
         raise _fail("AddressMaxFailures", per_address, f"fewer than MaxLoginFailures ({failures}), so that one "
                     "client address is throttled before it can lock an account (0 turns the throttle off)")
-    backoff = _int_in(section, "AddressBackoffSeconds", PluginConfig.address_backoff_seconds, 1, 86400,
-                      "number of seconds")
+    backoff = _value(section, "AddressBackoffSeconds")
     proxy_secret = _proxy_secret(section)
+    relay = _value(section, "MoveRelayPort")
 
-    relay = section.get("MoveRelayPort")
-    if relay is not None and (not isinstance(relay, int) or isinstance(relay, bool) or not 1 <= relay <= 65535):
-        raise _fail("MoveRelayPort", relay, "a TCP port number 1-65535 (the gateway's egress relay)")
-
-    hop = section.get("InternalHop", "tls")
-    if hop not in ("tls", "plain"):
-        raise _fail("InternalHop", hop, "\"tls\" (default) or \"plain\"")
+    hop = _value(section, "InternalHop")
     if hop == "plain":
         # Plain DICOM only behind the gateway (which terminates the clinics' TLS), and only from the
         # registered hosts (127.0.0.1): never a plain DICOM service for clinics.
@@ -178,10 +217,10 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
         dicom_tls=hop == "tls",  # False: SecurePACS.InternalHop "plain" (gateway <-> Orthanc without TLS)
         move_relay_port=relay,
         store_path=Path(store),
-        trusted_proxies=tuple(proxies),
+        trusted_proxies=tuple(proxies),  # the default is a list: JSON's shape
         client_ip_header=header.lower(),
         auth_cache_seconds=cache,
-        modality_sync_seconds=float(sync),
+        modality_sync_seconds=float(sync),  # the default is PluginConfig's, already a float
         log_level=level,
         session_idle_seconds=idle,
         session_max_seconds=longest,
@@ -194,11 +233,9 @@ def parse(orthanc_config: Mapping[str, Any]) -> PluginConfig:
 
 
 def _proxy_secret(section: Mapping[str, Any]) -> str | None:
-    path = section.get("ProxySecretFile")
+    path = _value(section, "ProxySecretFile")
     if path is None:
         return None
-    if not isinstance(path, str) or not Path(path).is_absolute():
-        raise _fail("ProxySecretFile", path, "an absolute path to the file holding nginx's proxy secret")
     try:
         secret = Path(path).read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -213,17 +250,10 @@ def _audit(section: Mapping[str, Any]) -> tuple[Path | None, Path | None, float]
     if "AuditTrail" not in section:
         raise _fail("AuditTrail", None, "an absolute path to the audit trail file (null only to measure "
                     "the trail's cost: it is required so that it is never off by omission)")
-    trail = section["AuditTrail"]
-    if trail is not None and (not isinstance(trail, str) or not Path(trail).is_absolute()):
-        raise _fail("AuditTrail", trail, "an absolute path to the audit trail file, or null")
-    key = section.get("AuditCheckpointKey")
-    if key is not None:
-        if not isinstance(key, str) or not Path(key).is_absolute():
-            raise _fail("AuditCheckpointKey", key, "an absolute path to the Ed25519 checkpoint signing key")
-        if trail is not None and Path(key).parent == Path(trail).parent:
-            raise _fail("AuditCheckpointKey", key, "a key outside the trail's directory "
-                        f"({Path(trail).parent}): whoever can rewrite the trail must not be able to re-sign it")
-    every = section.get("AuditCheckpointSeconds", PluginConfig.audit_checkpoint_seconds)
-    if not isinstance(every, int | float) or isinstance(every, bool) or not 1 <= every <= 86400:
-        raise _fail("AuditCheckpointSeconds", every, "a number of seconds 1-86400")
+    trail = _value(section, "AuditTrail")
+    key = _value(section, "AuditCheckpointKey")
+    if key is not None and trail is not None and Path(key).parent == Path(trail).parent:
+        raise _fail("AuditCheckpointKey", key, "a key outside the trail's directory "
+                    f"({Path(trail).parent}): whoever can rewrite the trail must not be able to re-sign it")
+    every = _value(section, "AuditCheckpointSeconds")
     return (Path(trail) if trail else None), (Path(key) if key else None), float(every)

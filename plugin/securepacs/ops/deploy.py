@@ -21,6 +21,7 @@ from typing import Any
 from securepacs.access import passwords, user_admin
 from securepacs.audit import create_checkpoint_key
 from securepacs.audit.checkpoints import CHECKPOINTS_FILE
+from securepacs.config import environment
 from securepacs.config.environment import Settings
 from securepacs.durable.atomic_file import write_atomically
 from securepacs.ops.gateway_account import ensure_gateway_account
@@ -42,11 +43,11 @@ from securepacs.store.database import Store
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(os.environ.get("SECUREPACS_HOME", Path(__file__).resolve().parents[3]))
+REPO_ROOT = Path(environment.env_value(os.environ, "SECUREPACS_HOME") or Path(__file__).resolve().parents[3])
 ORTHANC_DIR = REPO_ROOT / "orthanc"
 PLUGIN_SCRIPT = REPO_ROOT / "plugin" / "securepacs_plugin.py"
-PYTHON_PLUGIN = Path(os.environ.get("SECUREPACS_PYTHON_PLUGIN", "/usr/share/orthanc/plugins/libOrthancPython.so"))
-DICOMWEB_PLUGIN = Path(os.environ.get("SECUREPACS_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
+PYTHON_PLUGIN = Path(environment.env_value(os.environ, "SECUREPACS_PYTHON_PLUGIN"))
+DICOMWEB_PLUGIN = Path(environment.env_value(os.environ, "SECUREPACS_DICOMWEB_PLUGIN"))
 CLIENT_IP_HEADER = "X-SecurePACS-Client-IP"
 ADMIN_USER = "admin"
 # The gateway's service account is called GATEWAY_USER_PREFIX + 12 random hex digits: a name nobody outside
@@ -86,7 +87,7 @@ class Prepared:
 def service_users() -> ServiceUsers:
     if os.geteuid() != 0:
         return ServiceUsers(None, None)
-    name = os.environ.get("SECUREPACS_USER", "orthanc")
+    name = environment.env_value(os.environ, "SECUREPACS_USER")
     if name == "root":
         log.warning("SECUREPACS_USER=root: Orthanc runs as root (least privilege disabled on request)")
         return ServiceUsers(None, "www-data")

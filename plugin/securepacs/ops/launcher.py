@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from securepacs import __version__
+from securepacs.config import environment
 from securepacs.ops import nginx_log
 from securepacs.ops.deploy import Prepared
 from securepacs.platform import exposure, health
@@ -50,14 +51,12 @@ def _gateway_cmd() -> list[str]:
     cmd = [sys.executable, "-m", "securepacs.gateway", "--shutdown-grace", "20"]
     # Operators (and the fuzz test, which opens 10,000 connections from one address) may tune the
     # per-address connection rate; everything else is configured through the settings.
-    rate = os.environ.get("SECUREPACS_GATEWAY_RATE_PER_IP", "").strip()
-    if rate:
-        try:
-            burst = max(40, int(float(rate) * 2))
-        except ValueError:
-            raise LaunchError(f"SECUREPACS_GATEWAY_RATE_PER_IP={rate!r} is invalid: expected connections "
-                              "per second (0 disables the limit)") from None
-        cmd += ["--rate-per-ip", rate, "--rate-burst", str(burst)]
+    try:
+        rate = environment.env_value(os.environ, "SECUREPACS_GATEWAY_RATE_PER_IP")
+    except environment.SettingsError as exc:
+        raise LaunchError(str(exc)) from None
+    if rate is not None:
+        cmd += ["--rate-per-ip", repr(rate), "--rate-burst", str(max(40, int(rate * 2)))]
     return cmd
 
 
@@ -78,7 +77,7 @@ FORWARD_ENV = ("SECUREPACS_AUDIT_SYSLOG_CA", "SECUREPACS_AUDIT_SYSLOG_CERT", "SE
 def _forwarder_cmd(p: Prepared) -> list[str] | None:
     """``securepacs audit forward`` when SECUREPACS_AUDIT_SYSLOG=host:port names a collector (RFC 5425, mutual
     TLS with the files in SECUREPACS_AUDIT_SYSLOG_{CA,CERT,KEY}); None when no collector is configured."""
-    target = os.environ.get("SECUREPACS_AUDIT_SYSLOG", "").strip()
+    target = environment.env_value(os.environ, "SECUREPACS_AUDIT_SYSLOG") or ""
     if not target:
         return None
     host, sep, port = target.rpartition(":")
@@ -87,7 +86,7 @@ def _forwarder_cmd(p: Prepared) -> list[str] | None:
                           "(TLS, RFC 5425)")
     files = []
     for name in FORWARD_ENV:
-        value = os.environ.get(name, "").strip()
+        value = environment.env_value(os.environ, name) or ""
         if not value or not Path(value).is_file():
             raise LaunchError(f"{name}={value!r} is invalid: expected the path of a PEM file (needed because "
                               "SECUREPACS_AUDIT_SYSLOG is set)")

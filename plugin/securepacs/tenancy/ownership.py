@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import data_element_generator, read_partial, read_preamble
@@ -28,18 +28,12 @@ from securepacs.access.principal import Principal
 from securepacs.dicom import header_reader, status_codes
 from securepacs.dicom.identifiers import InstanceIds
 from securepacs.store.database import Store
+from securepacs.web.orthanc_api import OrthancRest
 
 log = logging.getLogger(__name__)
 
 _IDENT_TAGS = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
 _IDENT_TAG_NUMBERS = [Tag(keyword) for keyword in _IDENT_TAGS]
-
-
-class OrthancIndex(Protocol):
-    """What tenancy needs from Orthanc (adapter.RestApi implements it)."""
-
-    def get_json(self, uri: str) -> Any: ...
-    def lookup(self, level: str, uid: str) -> str | None: ...
 
 
 class NotDicom(ValueError):
@@ -148,7 +142,7 @@ class _Lru(OrderedDict):
 
 
 class Tenancy:
-    def __init__(self, store: Store, index: OrthancIndex,
+    def __init__(self, store: Store, index: OrthancRest,
                  on_security_event: Callable[[str, dict[str, Any]], None] | None = None):
         self._store = store
         self._index = index

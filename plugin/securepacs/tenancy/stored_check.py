@@ -17,11 +17,12 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs.audit.recorder import Auditor
 from securepacs.dicom import status_codes
 from securepacs.dicom.identifiers import InstanceIds
+from securepacs.web.orthanc_api import OrthancRest
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ DICOM_ORIGIN = "dicom"  # the adapter's name for Orthanc's InstanceOrigin.DICOM_
 # found already stored, a failed write), oldest first.
 PENDING_LIMIT = 10_000
 MISMATCH_REASON = "Orthanc indexed the instance under other identifiers than the C-STORE filter admitted"
-
-
-class OrthancDelete(Protocol):
-    def delete(self, uri: str) -> None: ...
 
 
 class PendingStores:
@@ -78,7 +75,7 @@ def ids_from_tags(tags: Mapping[str, Any]) -> InstanceIds:
 
 
 class StoredInstanceCheck:
-    def __init__(self, orthanc: OrthancDelete, audit: Auditor,
+    def __init__(self, orthanc: OrthancRest, audit: Auditor,
                  on_security_event: Callable[[str, dict[str, Any]], None],
                  clinic_of: Callable[[str], str | None]):
         self._orthanc = orthanc

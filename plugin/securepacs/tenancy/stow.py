@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs.access.principal import Principal
 from securepacs.audit.recorder import Auditor
@@ -33,16 +33,12 @@ from securepacs.dicom import status_codes
 from securepacs.dicom.identifiers import ORTHANC_ID_PATTERN, InstanceIds
 from securepacs.tenancy.ownership import Admission, NotDicom, Tenancy, read_ids
 from securepacs.web.messages import Request, Response
+from securepacs.web.orthanc_api import OrthancRest
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
-
-
-class OrthancUpload(Protocol):
-    def post_bytes(self, uri: str, body: bytes) -> bytes: ...
-    def delete(self, uri: str) -> None: ...
 
 
 SecurityEvent = Callable[[str, dict[str, Any]], None]
@@ -81,7 +77,7 @@ def _sop_item(sop_class: str, sop_uid: str, **extra: Any) -> dict[str, Any]:
 
 
 class StowService:
-    def __init__(self, tenancy: Tenancy, orthanc: OrthancUpload, audit: Auditor,
+    def __init__(self, tenancy: Tenancy, orthanc: OrthancRest, audit: Auditor,
                  on_security_event: SecurityEvent | None = None):
         self._tenancy = tenancy
         self._orthanc = orthanc

@@ -15,20 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs.store.database import Store
 from securepacs.tenancy.ownership import Tenancy
+from securepacs.web.orthanc_api import OrthancRest
 
 log = logging.getLogger(__name__)
 
 MAX_RESOLVED = 10_000  # bound the lookups one request can cause
 _CACHE_SIZE = 50_000
-
-
-class OrthancIndex(Protocol):
-    def get_json(self, uri: str) -> Any: ...
-    def lookup(self, level: str, uid: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ def patient_ids(studies: Iterable[StudyRef]) -> list[str]:
 
 
 class Subjects:
-    def __init__(self, index: OrthancIndex, tenancy: Tenancy, store: Store):
+    def __init__(self, index: OrthancRest, tenancy: Tenancy, store: Store):
         self._index = index
         self._tenancy = tenancy
         self._store = store

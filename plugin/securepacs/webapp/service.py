@@ -5,13 +5,14 @@ from __future__ import annotations
 from securepacs.access.principal import Principal
 from securepacs.audit import events
 from securepacs.audit.recorder import Auditor
+from securepacs.web.orthanc_api import OrthancRest
 from securepacs.webapp.pages import Handler, Pages, routes
 from securepacs.webapp.render import Renderer
-from securepacs.webapp.viewer_api import OrthancReads, ViewerApi
+from securepacs.webapp.viewer_api import ViewerApi
 
 
 class WebApp:
-    def __init__(self, rest: OrthancReads, audit: Auditor):
+    def __init__(self, rest: OrthancRest, audit: Auditor):
         self._audit = audit
         self.renderer = Renderer(rest)
         self.api = ViewerApi(rest, self.renderer, self._study_opened)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from securepacs.access.principal import Principal
 from securepacs.web.messages import Request, Response
+from securepacs.web.orthanc_api import OrthancRest
 from securepacs.webapp.render import Renderer, RenderError
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,6 @@ METADATA_TAGS = (
 )
 
 
-class OrthancReads(Protocol):
-    def get_json(self, uri: str) -> Any: ...
-    def get_bytes(self, uri: str) -> bytes: ...
-
-
 # (principal, client ip, Orthanc study id, study uid) -> None: writes the study-open audit record
 StudyOpened = Callable[[Principal, str, str, str], None]
 
@@ -49,7 +45,7 @@ def _json(value: Any) -> Response:
 
 
 class ViewerApi:
-    def __init__(self, rest: OrthancReads, renderer: Renderer, on_study_opened: StudyOpened):
+    def __init__(self, rest: OrthancRest, renderer: Renderer, on_study_opened: StudyOpened):
         self._rest = rest
         self._renderer = renderer
         self._opened = on_study_opened
