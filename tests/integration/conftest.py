@@ -31,7 +31,7 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 
 from securepacs.client import Connection, TlsConfig
 from securepacs.client import echo as client_echo
-from securepacs.pki import authority
+from securepacs.pki import authority, certificates, pem_files
 from securepacs.platform import health
 
 pytestmark = pytest.mark.integration
@@ -408,10 +408,10 @@ def clinic_a(archive: Archive) -> Clinic:
 def scp_credentials(archive, directory: Path) -> tuple[Path, Path]:
     """A serverAuth+clientAuth key/certificate for the clinic's retrieve SCP, issued by the archive's CA."""
     ca_key, ca_cert = authority.Pki(archive.certs_dir).load_ca()
-    key, cert = authority.make_cert(ca_key, ca_cert, "clinicA retrieve SCP", usage="server+client",
+    key, cert = certificates.make_cert(ca_key, ca_cert, "clinicA retrieve SCP", usage="server+client",
                               dns_names=["localhost"], ip_addresses=["127.0.0.1"], days=1)
-    authority.write_key(directory / "scp.key", key)
-    authority.write_cert(directory / "scp.crt", cert)
+    pem_files.write_key(directory / "scp.key", key)
+    pem_files.write_cert(directory / "scp.crt", cert)
     return directory / "scp.key", directory / "scp.crt"
 
 

@@ -25,7 +25,7 @@ from test_rejections import client_context, dicom_attempt
 from securepacs.audit import iter_entries
 from securepacs.client import echo, find, get, move, store
 from securepacs.dicom.identifiers import orthanc_id
-from securepacs.pki import authority
+from securepacs.pki import certificates, pem_files
 from securepacs_tools.synth import CT_IMAGE_STORAGE, StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration
@@ -133,14 +133,15 @@ def test_a_scripted_session_yields_exactly_the_expected_events(audited: Archive,
     data = Path(archive.env["AUDIT_TEST_DATA"])
 
     def other_ca_credentials() -> tuple[Path, Path]:
-        ca_key, ca_cert = authority.make_ca("Not The Archive's CA", days=30, key=authority.generate_key("rsa3072"))
+        other_key = certificates.generate_key("rsa3072")
+        ca_key, ca_cert = certificates.make_ca("Not The Archive's CA", days=30, key=other_key)
         # A day inside the CA's lifetime: equal lifetimes end after the CA when a second ticks in between.
-        key, cert = authority.make_cert(ca_key, ca_cert, "auditA", usage="client", days=29,
-                                        uris=authority.clinic_uris("auditA", ["AUDITA"]),
-                                        organization=authority.CLINIC_ORGANIZATION,
-                                        key=authority.generate_key("rsa3072"))
-        authority.write_key(tmp_path / "rogue.key", key)
-        authority.write_cert(tmp_path / "rogue.crt", cert)
+        key, cert = certificates.make_cert(ca_key, ca_cert, "auditA", usage="client", days=29,
+                                        uris=certificates.clinic_uris("auditA", ["AUDITA"]),
+                                        organization=certificates.CLINIC_ORGANIZATION,
+                                        key=certificates.generate_key("rsa3072"))
+        pem_files.write_key(tmp_path / "rogue.key", key)
+        pem_files.write_cert(tmp_path / "rogue.crt", cert)
         return tmp_path / "rogue.crt", tmp_path / "rogue.key"
 
     def admin_post(uri: str, body: object) -> int:

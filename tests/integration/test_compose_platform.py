@@ -22,7 +22,7 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 
 from securepacs.client import move, store
 from securepacs.dicom import status_codes
-from securepacs.pki import authority
+from securepacs.pki import authority, certificates, pem_files
 from securepacs.pki.internal_ca import InternalPki
 from securepacs_tools import synth
 
@@ -98,10 +98,10 @@ def test_an_admitted_cmove_counts_one_sub_operation_per_instance(compose_archive
 
     # The clinic's retrieve SCP on this host, with a server certificate for the address it registered.
     ca_key, ca_cert = authority.Pki(arc.certs_dir).load_ca()
-    key, cert = authority.make_cert(ca_key, ca_cert, "platmove retrieve SCP", usage="server+client",
+    key, cert = certificates.make_cert(ca_key, ca_cert, "platmove retrieve SCP", usage="server+client",
                               ip_addresses=[host], days=1)
-    authority.write_key(tmp_path / "scp.key", key)
-    authority.write_cert(tmp_path / "scp.crt", cert)
+    pem_files.write_key(tmp_path / "scp.key", key)
+    pem_files.write_cert(tmp_path / "scp.crt", cert)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(arc.ca_cert))
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_cert_chain(str(tmp_path / "scp.crt"), str(tmp_path / "scp.key"))

@@ -24,7 +24,7 @@ from conftest import Clinic
 from test_rejections import REVOKED_REJECTS, associate_rq, attempt_until_refused, client_context
 
 from securepacs.client import Connection, ConnectionFailed, DimseFailed, TlsConfig, echo, get, store
-from securepacs.pki import authority
+from securepacs.pki import authority, certificates, pem_files
 from securepacs_tools.synth import StudySpec, instance, write_study
 
 pytestmark = pytest.mark.integration
@@ -132,11 +132,11 @@ def test_expired_certificate_is_refused(native_archive, clinics, tmp_path):
     archive = native_archive
     ca_key, ca_cert = authority.Pki(archive.certs_dir).load_ca()
     past = datetime.now(UTC) - timedelta(days=10)
-    key, cert = authority.make_cert(ca_key, ca_cert, "clinicA expired", usage="client",
+    key, cert = certificates.make_cert(ca_key, ca_cert, "clinicA expired", usage="client",
                               uris=["urn:securepacs:clinic:clinicA", "urn:securepacs:aet:CLINICA"],
                               not_before=past - timedelta(days=30), not_after=past)
-    authority.write_key(tmp_path / "clinic.key", key)
-    authority.write_cert(tmp_path / "clinic.crt", cert)
+    pem_files.write_key(tmp_path / "clinic.key", key)
+    pem_files.write_cert(tmp_path / "clinic.crt", cert)
     (tmp_path / "ca.crt").write_bytes(archive.ca_cert.read_bytes())
     expired = Clinic("clinicA", ("CLINICA",), tmp_path)
     with pytest.raises(ConnectionFailed):

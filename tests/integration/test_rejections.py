@@ -37,7 +37,7 @@ from cryptography.x509.oid import NameOID
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from securepacs.client import Connection, ConnectionFailed, TlsConfig, echo, store
-from securepacs.pki import authority
+from securepacs.pki import authority, certificates, pem_files
 from securepacs_tools import synth
 
 pytestmark = pytest.mark.integration
@@ -336,17 +336,17 @@ def crafted(archive, tmp_path_factory) -> dict[str, Credential]:
     """
     out = tmp_path_factory.mktemp("crafted-certs")
     ca_key, ca_cert = authority.Pki(archive.certs_dir).load_ca()
-    leaf_key = authority.generate_key("rsa3072")
+    leaf_key = certificates.generate_key("rsa3072")
     identity = {
-        "uris": authority.clinic_uris("clinicA", ["CLINICA"]),
-        "organization": authority.CLINIC_ORGANIZATION,
+        "uris": certificates.clinic_uris("clinicA", ["CLINICA"]),
+        "organization": certificates.CLINIC_ORGANIZATION,
         "key": leaf_key,
     }
     now = datetime.now(UTC)
     certs = {
         # Same recipe as the refused ones, but valid: the control.
-        "valid-control": authority.make_cert(ca_key, ca_cert, "clinicA", usage="client", days=30, **identity)[1],
-        "expired": authority.make_cert(
+        "valid-control": certificates.make_cert(ca_key, ca_cert, "clinicA", usage="client", days=30, **identity)[1],
+        "expired": certificates.make_cert(
             ca_key,
             ca_cert,
             "clinicA",
@@ -355,7 +355,7 @@ def crafted(archive, tmp_path_factory) -> dict[str, Credential]:
             not_after=now - timedelta(days=1),
             **identity,
         )[1],
-        "not-yet-valid": authority.make_cert(
+        "not-yet-valid": certificates.make_cert(
             ca_key,
             ca_cert,
             "clinicA",
@@ -364,22 +364,23 @@ def crafted(archive, tmp_path_factory) -> dict[str, Credential]:
             not_after=now + timedelta(days=30),
             **identity,
         )[1],
-        "serverAuth-only": authority.make_cert(ca_key, ca_cert, "clinicA", usage="server", days=30, **identity)[1],
+        "serverAuth-only": certificates.make_cert(ca_key, ca_cert, "clinicA", usage="server", days=30, **identity)[1],
     }
-    other_ca_key = authority.generate_key("rsa3072")
-    other_key, other_cert = authority.make_ca("Another CA", days=365, key=other_ca_key)
-    certs["other-ca"] = authority.make_cert(other_key, other_cert, "clinicA", usage="client", days=30, **identity)[1]
+    other_ca_key = certificates.generate_key("rsa3072")
+    other_key, other_cert = certificates.make_ca("Another CA", days=365, key=other_ca_key)
+    certs["other-ca"] = certificates.make_cert(other_key, other_cert, "clinicA", usage="client", days=30, **identity)[1]
     # A look-alike CA: the very same subject DN as the archive's CA, a different key.
     our_cn = ca_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    twin_key, twin_cert = authority.make_ca(our_cn, days=365, key=other_ca_key)
+    twin_key, twin_cert = certificates.make_ca(our_cn, days=365, key=other_ca_key)
     assert twin_cert.subject == ca_cert.subject
-    certs["look-alike-ca"] = authority.make_cert(twin_key, twin_cert, "clinicA", usage="client", days=30, **identity)[1]
+    certs["look-alike-ca"] = certificates.make_cert(twin_key, twin_cert, "clinicA", usage="client", days=30,
+                                                    **identity)[1]
 
     key_path = out / "leaf.key"
-    authority.write_key(key_path, leaf_key)
+    pem_files.write_key(key_path, leaf_key)
     result = {}
     for name, cert in certs.items():
-        authority.write_cert(out / f"{name}.crt", cert)
+        pem_files.write_cert(out / f"{name}.crt", cert)
         result[name] = Credential(out / f"{name}.crt", key_path)
     return result
 

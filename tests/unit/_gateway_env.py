@@ -18,9 +18,9 @@ from typing import Any
 
 from cryptography import x509
 
-from securepacs.gateway import Gateway, GatewayConfig
+from securepacs.gateway import Gateway, GatewayConfig, associate_pdu
 from securepacs.gateway import pdu as pdu_mod
-from securepacs.pki import authority
+from securepacs.pki import authority, certificates, pem_files
 from securepacs.store.database import CertificateRecord, Store
 
 AET = "SECUREPACS"
@@ -28,8 +28,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT = "1.2.840.10008.1.2"
 
 
-def ec_key() -> authority.PrivateKey:
-    return authority.generate_key("ec-p256")
+def ec_key() -> certificates.PrivateKey:
+    return certificates.generate_key("ec-p256")
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,10 @@ class Pki:
     def __init__(self, root: Path):
         self.root = root
         self._issued = 0
-        self.clinic_ca_key, self.clinic_ca_cert = authority.make_ca("Test clinic CA", days=3, key=ec_key())
-        self.internal_ca_key, self.internal_ca_cert = authority.make_ca("Test internal CA", days=3, key=ec_key())
+        self.clinic_ca_key, self.clinic_ca_cert = certificates.make_ca("Test clinic CA", days=3, key=ec_key())
+        self.internal_ca_key, self.internal_ca_cert = certificates.make_ca("Test internal CA", days=3, key=ec_key())
         self.clinic_ca = self._write_cert("ca/ca.crt", self.clinic_ca_cert)
-        authority.write_key(root / "ca" / "ca.key", self.clinic_ca_key)
+        pem_files.write_key(root / "ca" / "ca.key", self.clinic_ca_key)
         self.internal_ca = self._write_cert("internal/ca.crt", self.internal_ca_cert)
         self.crl = root / "ca" / "crl.pem"
         loopback = {"dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}
@@ -59,21 +59,21 @@ class Pki:
 
     def _write_cert(self, rel: str, cert: x509.Certificate) -> Path:
         path = self.root / rel
-        authority.write_cert(path, cert)
+        pem_files.write_cert(path, cert)
         return path
 
     def issue(self, rel: str, cn: str, usage: str, *, internal: bool = False, **kwargs: Any) -> Credential:
         ca_key, ca_cert = ((self.internal_ca_key, self.internal_ca_cert) if internal
                            else (self.clinic_ca_key, self.clinic_ca_cert))
         kwargs.setdefault("days", 1)
-        key, cert = authority.make_cert(ca_key, ca_cert, cn, usage=usage, key=ec_key(), **kwargs)
+        key, cert = certificates.make_cert(ca_key, ca_cert, cn, usage=usage, key=ec_key(), **kwargs)
         key_path, cert_path = self.root / f"{rel}.key", self.root / f"{rel}.crt"
-        authority.write_key(key_path, key, overwrite=True)
-        authority.write_cert(cert_path, cert)
+        pem_files.write_key(key_path, key, overwrite=True)
+        pem_files.write_cert(cert_path, cert)
         return Credential(cert_path, key_path, cert.serial_number, cert)
 
     def clinic(self, name: str, aets: list[str], **kwargs: Any) -> Credential:
-        kwargs.setdefault("uris", authority.clinic_uris(name, aets))
+        kwargs.setdefault("uris", certificates.clinic_uris(name, aets))
         self._issued += 1  # one file pair per certificate: re-issuing must not replace a clinic's files
         return self.issue(f"clinics/{name}-{self._issued}", name, kwargs.pop("usage", "client"), **kwargs)
 
@@ -86,7 +86,8 @@ def enrol(store: Store, cred: Credential, clinic: str, aets: list[str],
     store.add_clinic(clinic, aets, *(move or (None, None)))
     cert = cred.certificate
     store.add_certificate(CertificateRecord(str(cert.serial_number), clinic, cert.subject.rfc4514_string(),
-                                            authority.fingerprint_sha256(cert), cert.not_valid_before_utc.isoformat(),
+                                            certificates.fingerprint_sha256(cert),
+                                            cert.not_valid_before_utc.isoformat(),
                                             cert.not_valid_after_utc.isoformat()))
 
 
@@ -218,8 +219,8 @@ class RecordingUpstream:
 
 
 def associate_rq(calling: str, called: str = AET) -> bytes:
-    return pdu_mod.build_associate(pdu_mod.A_ASSOCIATE_RQ, called, calling,
-                                   [pdu_mod.PresentationContext(1, VERIFICATION, (IMPLICIT,))])
+    return associate_pdu.build_associate(pdu_mod.A_ASSOCIATE_RQ, called, calling,
+                                         [associate_pdu.PresentationContext(1, VERIFICATION, (IMPLICIT,))])
 
 
 def read_pdu(sock: ssl.SSLSocket) -> bytes:

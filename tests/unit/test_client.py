@@ -42,7 +42,7 @@ from securepacs.client import (
     scu,
     store,
 )
-from securepacs.pki import authority as pki_mod
+from securepacs.pki import certificates, pem_files
 
 
 @dataclass(frozen=True)
@@ -62,32 +62,32 @@ class Pki:
     odd_name_key: Path
 
 
-def _ec_key() -> pki_mod.PrivateKey:
-    return pki_mod.generate_key("ec-p256")  # milliseconds, where RSA 3072 takes seconds
+def _ec_key() -> certificates.PrivateKey:
+    return certificates.generate_key("ec-p256")  # milliseconds, where RSA 3072 takes seconds
 
 
-def _leaf(issuer_key: pki_mod.PrivateKey, issuer: x509.Certificate, cn: str, usage: str,
-          **names: tuple[str, ...]) -> tuple[pki_mod.PrivateKey, x509.Certificate]:
-    return pki_mod.make_cert(issuer_key, issuer, cn, usage=usage, days=1, key=_ec_key(), **names)
+def _leaf(issuer_key: certificates.PrivateKey, issuer: x509.Certificate, cn: str, usage: str,
+          **names: tuple[str, ...]) -> tuple[certificates.PrivateKey, x509.Certificate]:
+    return certificates.make_cert(issuer_key, issuer, cn, usage=usage, days=1, key=_ec_key(), **names)
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """Our CA with server and clinic certificates, plus a rogue CA and a certificate for another name."""
     d = tmp_path_factory.mktemp("pki")
-    ca_key, ca = pki_mod.make_ca("Test CA", days=2, key=_ec_key())
-    rogue_key, rogue = pki_mod.make_ca("Rogue CA", days=2, key=_ec_key())
+    ca_key, ca = certificates.make_ca("Test CA", days=2, key=_ec_key())
+    rogue_key, rogue = certificates.make_ca("Rogue CA", days=2, key=_ec_key())
     s_key, s_cert = _leaf(ca_key, ca, "server", "server", dns_names=("localhost",), ip_addresses=("127.0.0.1",))
     c_key, c_cert = _leaf(ca_key, ca, "clinic", "client")
     r_key, r_cert = _leaf(rogue_key, rogue, "intruder", "client")
     o_key, o_cert = _leaf(ca_key, ca, "elsewhere", "server", dns_names=("elsewhere.example",))
 
     def cert_file(name: str, cert: x509.Certificate) -> Path:
-        pki_mod.write_cert(d / name, cert)
+        pem_files.write_cert(d / name, cert)
         return d / name
 
-    def key_file(name: str, key: pki_mod.PrivateKey) -> Path:
-        pki_mod.write_key(d / name, key)
+    def key_file(name: str, key: certificates.PrivateKey) -> Path:
+        pem_files.write_key(d / name, key)
         return d / name
 
     p12 = d / "clinic.p12"

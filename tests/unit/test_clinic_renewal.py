@@ -11,16 +11,18 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securepacs.cli.main import main
-from securepacs.pki import authority, enrolment, renewal
-from securepacs.pki.authority import Pki, PkiError
+from securepacs.pki import certificates, enrolment, pem_files, renewal
+from securepacs.pki.authority import Pki
+from securepacs.pki.certificates import PkiError
 from securepacs.pki.enrolment import EnrolmentError
-from securepacs.store.database import Store, StoreError
+from securepacs.store.database import Store
+from securepacs.store.records import StoreError
 
 
 @pytest.fixture(autouse=True)
 def fast_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(authority, "CA_KEY_KIND", "ec-p256")
-    monkeypatch.setattr(authority, "LEAF_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "CA_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "LEAF_KEY_KIND", "ec-p256")
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Store, Pki]]:
 
 
 def usages(path: Path) -> list[x509.ObjectIdentifier]:
-    return list(authority.load_cert(path).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    return list(pem_files.load_cert(path).extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
 
 
 def test_renewal_gives_an_old_client_only_bundle_the_scp_role(world: tuple[Store, Pki]) -> None:
@@ -46,14 +48,14 @@ def test_renewal_gives_an_old_client_only_bundle_the_scp_role(world: tuple[Store
     clinic, new, superseded = renewal.renew(store, p, "north", days=60)
     assert clinic.name == "north" and new.directory == old.directory and new.serial != old.serial
     assert usages(new.cert_path) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    san = authority.load_cert(new.cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    san = pem_files.load_cert(new.cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
-    assert authority.clinic_identity(authority.load_cert(new.cert_path)) == ("north", ("NORTH",))
-    old_key = authority.load_key(superseded / "clinic.key")
-    assert authority.load_key(new.key_path).private_numbers() != old_key.private_numbers()
+    assert certificates.clinic_identity(pem_files.load_cert(new.cert_path)) == ("north", ("NORTH",))
+    old_key = pem_files.load_key(superseded / "clinic.key")
+    assert pem_files.load_key(new.key_path).private_numbers() != old_key.private_numbers()
     # The previous bundle is kept aside (its certificate stays valid until it expires); both are recorded.
     assert superseded == p.certs_dir / "clinics" / ".superseded" / f"north-{old.serial}"
-    assert authority.load_cert(superseded / "clinic.crt").serial_number == old.serial
+    assert pem_files.load_cert(superseded / "clinic.crt").serial_number == old.serial
     assert [c.serial for c in store.certificates("north")] == [str(new.serial)]  # only renew() records here
     assert enrolment.list_clinics(store)[0].days_left in (59, 60)
 

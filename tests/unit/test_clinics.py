@@ -11,17 +11,19 @@ import pytest
 from cryptography import x509
 
 from securepacs.cli.main import main
-from securepacs.pki import authority, enrolment
-from securepacs.pki.authority import Pki, PkiError
+from securepacs.pki import certificates, enrolment, pem_files
+from securepacs.pki.authority import Pki
+from securepacs.pki.certificates import PkiError
 from securepacs.pki.enrolment import EnrolmentError
-from securepacs.store.database import Store, StoreError
+from securepacs.store.database import Store
+from securepacs.store.records import StoreError
 
 
 @pytest.fixture(autouse=True)
 def fast_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # Key size is covered by test_pki.test_real_defaults; here EC keys keep the tests fast.
-    monkeypatch.setattr(authority, "CA_KEY_KIND", "ec-p256")
-    monkeypatch.setattr(authority, "LEAF_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "CA_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "LEAF_KEY_KIND", "ec-p256")
 
 
 @pytest.fixture
@@ -66,8 +68,8 @@ def test_enrol(world: tuple[Store, Pki]) -> None:
     assert rec.fingerprint_sha256 == bundle.fingerprint
     assert rec.subject == "O=SecurePACS clinic,CN=north"
     assert datetime.fromisoformat(rec.not_after) == bundle.not_after
-    cert = authority.load_cert(bundle.cert_path)
-    assert authority.clinic_identity(cert) == ("north", ("NORTH_CT", "MR 1"))
+    cert = pem_files.load_cert(bundle.cert_path)
+    assert certificates.clinic_identity(cert) == ("north", ("NORTH_CT", "MR 1"))
     assert bundle.directory == p.clinic_dir("north")
 
 
@@ -166,7 +168,7 @@ def test_revoke_writes_crl(world: tuple[Store, Pki]) -> None:
     assert enrolment.revoke(store, p, "north") == [str(north.serial)]
     assert store.get_clinic("north").revoked_at is not None
     crl = x509.load_pem_x509_crl(p.crl_path.read_bytes())
-    assert crl.is_signature_valid(authority.load_cert(p.ca_cert_path).public_key())
+    assert crl.is_signature_valid(pem_files.load_cert(p.ca_cert_path).public_key())
     assert crl.get_revoked_certificate_by_serial_number(north.serial) is not None
     assert crl.get_revoked_certificate_by_serial_number(south.serial) is None
     enrolment.revoke(store, p, "south")

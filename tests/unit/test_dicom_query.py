@@ -21,13 +21,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from securepacs.tenancy.find_engine import (
-    SCOPE_CHUNK,
-    QueryEngine,
-    QueryError,
-    encode_answer,
-    parse_find_query,
-)
+from securepacs.tenancy.find_engine import QueryEngine
+from securepacs.tenancy.find_identifier import QueryError, encode_answer, parse_find_query
+from securepacs.tenancy.find_matcher import SCOPE_CHUNK
 
 CT, MR_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.88.11"
 PATIENT_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs")

@@ -11,7 +11,7 @@ import pytest
 from securepacs.archive import modalities
 from securepacs.archive.modalities import APPLIED, NOT_CONFIRMED, NOT_RUNNING, ModalitySync, await_registration
 from securepacs.cli.main import main
-from securepacs.pki import authority
+from securepacs.pki import certificates
 from securepacs.store.database import Store
 
 
@@ -113,8 +113,8 @@ def test_a_live_plugin_that_does_not_apply_the_change_is_reported(store: Store) 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(authority, "CA_KEY_KIND", "ec-p256")
-    monkeypatch.setattr(authority, "LEAF_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "CA_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "LEAF_KEY_KIND", "ec-p256")
     monkeypatch.setenv("SECUREPACS_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SECUREPACS_CERTS", str(tmp_path / "certs"))
     monkeypatch.setenv("SECUREPACS_HOSTNAMES", "pacs.example.org")

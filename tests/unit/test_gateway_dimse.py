@@ -33,8 +33,8 @@ from pydicom.uid import (
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
+from securepacs.gateway.associate_pdu import parse_associate
 from securepacs.gateway.dimse import MAX_HELD_BYTES, MAX_IDENTIFIER_BYTES, Action, CGetInspector, inspector_factory
-from securepacs.gateway.pdu import parse_associate
 from securepacs_tools.synth import StudySpec, instance
 
 GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET

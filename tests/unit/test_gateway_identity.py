@@ -22,7 +22,7 @@ from securepacs.gateway.peer_identity import (
     check_ingress,
     load_crl_serials,
 )
-from securepacs.pki import authority as pki_mod
+from securepacs.pki import certificates
 from securepacs.store.database import Store
 
 
@@ -77,7 +77,7 @@ def test_another_clinics_aet_is_refused_with_reason_3(env):
 def test_a_certificate_claiming_an_aet_enrolled_elsewhere_is_refused(env):
     p, _, trust, _, _ = env
     # Mis-issued: clinicA's certificate also names clinicB's AE title. The store is the authority.
-    rogue = p.clinic("clinicA-rogue", ["CLINICB"], uris=pki_mod.clinic_uris("clinicA", ["CLINICB"]))
+    rogue = p.clinic("clinicA-rogue", ["CLINICB"], uris=certificates.clinic_uris("clinicA", ["CLINICB"]))
     refusal = check_ingress(peer(rogue), "CLINICB", AET, AET, trust.snapshot)
     assert refusal.code == "calling-aet-not-enrolled-for-clinic" and rj(refusal) == (1, 1, 3)
 

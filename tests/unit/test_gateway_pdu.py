@@ -17,7 +17,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from securepacs.gateway import pdu
+from securepacs.gateway import associate_pdu, pdu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -71,7 +71,7 @@ def pynetdicom_ac() -> bytes:
 
 
 def test_parses_an_associate_rq_encoded_by_pynetdicom():
-    rq = pdu.parse_associate(pynetdicom_rq())
+    rq = associate_pdu.parse_associate(pynetdicom_rq())
     assert (rq.pdu_type, rq.protocol_version) == (pdu.A_ASSOCIATE_RQ, 1)
     assert (rq.calling_aet, rq.called_aet) == ("CLINICA", "SECUREPACS")
     assert rq.application_context == "1.2.840.10008.3.1.1.1"
@@ -80,11 +80,11 @@ def test_parses_an_associate_rq_encoded_by_pynetdicom():
     assert rq.max_length == 16382
     assert rq.implementation_class_uid == "1.2.826.0.1.3680043.9.3811.2.0.4"
     assert rq.implementation_version == "PYNETDICOM_204"
-    assert rq.roles == (pdu.RoleSelection(CT, scu=False, scp=True),)
+    assert rq.roles == (associate_pdu.RoleSelection(CT, scu=False, scp=True),)
 
 
 def test_parses_an_associate_ac_encoded_by_pynetdicom():
-    ac = pdu.parse_associate(pynetdicom_ac())
+    ac = associate_pdu.parse_associate(pynetdicom_ac())
     assert ac.pdu_type == pdu.A_ASSOCIATE_AC
     assert [(c.id, c.result, c.transfer_syntaxes) for c in ac.contexts] == [(1, 0, (IMPLICIT,)), (3, 3, (EXPLICIT,))]
     assert ac.accepted_context_ids == frozenset({1})
@@ -92,27 +92,28 @@ def test_parses_an_associate_ac_encoded_by_pynetdicom():
 
 
 def test_built_rq_and_ac_decode_in_pynetdicom():
-    contexts = [pdu.PresentationContext(1, VERIFICATION, (IMPLICIT,)), pdu.PresentationContext(3, CT, (EXPLICIT,))]
-    data = pdu.build_associate(pdu.A_ASSOCIATE_RQ, "SECUREPACS", "CLINICA", contexts, max_length=32768)
+    contexts = [associate_pdu.PresentationContext(1, VERIFICATION, (IMPLICIT,)),
+                associate_pdu.PresentationContext(3, CT, (EXPLICIT,))]
+    data = associate_pdu.build_associate(pdu.A_ASSOCIATE_RQ, "SECUREPACS", "CLINICA", contexts, max_length=32768)
     decoded = A_ASSOCIATE_RQ()
     decoded.decode(data)
     assert decoded.calling_ae_title == "CLINICA" and decoded.called_ae_title == "SECUREPACS"
     assert [str(c.abstract_syntax) for c in decoded.presentation_context] == [VERIFICATION, CT]
     assert decoded.to_primitive().maximum_length_received == 32768
-    assert pdu.parse_associate(data).contexts == tuple(contexts)
+    assert associate_pdu.parse_associate(data).contexts == tuple(contexts)
 
-    answer = [pdu.PresentationContext(1, None, (IMPLICIT,), 0)]
+    answer = [associate_pdu.PresentationContext(1, None, (IMPLICIT,), 0)]
     ac = A_ASSOCIATE_AC()
-    ac.decode(pdu.build_associate(pdu.A_ASSOCIATE_AC, "SECUREPACS", "CLINICA", answer))
+    ac.decode(associate_pdu.build_associate(pdu.A_ASSOCIATE_AC, "SECUREPACS", "CLINICA", answer))
     assert [(c.context_id, c.result) for c in ac.presentation_context] == [(1, 0)]
 
 
 def test_ae_titles_are_space_padded_and_hostile_bytes_survive_decoding():
-    assert pdu.encode_aet("CLINICA") == b"CLINICA         "
-    assert pdu.decode_aet(b"  CLINICA       ") == "CLINICA"
-    assert pdu.decode_aet(b"CLINIC\x00\xff\\A      ") == "CLINIC\x00\xff\\A"
+    assert associate_pdu.encode_aet("CLINICA") == b"CLINICA         "
+    assert associate_pdu.decode_aet(b"  CLINICA       ") == "CLINICA"
+    assert associate_pdu.decode_aet(b"CLINIC\x00\xff\\A      ") == "CLINIC\x00\xff\\A"
     with pytest.raises(pdu.PduError):
-        pdu.encode_aet("X" * 17)
+        associate_pdu.encode_aet("X" * 17)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -125,7 +126,7 @@ def test_ae_titles_are_space_padded_and_hostile_bytes_survive_decoding():
 def test_malformed_associate_rq_is_refused(mutate, message):
     data = pynetdicom_rq()
     with pytest.raises(pdu.PduError, match=message):
-        pdu.parse_associate(mutate(data))
+        associate_pdu.parse_associate(mutate(data))
 
 
 def _rq_with_item(item: bytes) -> bytes:
@@ -137,17 +138,18 @@ def _rq_with_item(item: bytes) -> bytes:
 def test_item_lengths_are_checked_before_use():
     # An item claiming 65535 bytes when 4 remain must raise, not read past the end.
     with pytest.raises(pdu.PduError, match="claims 65535 bytes"):
-        pdu.parse_associate(_rq_with_item(struct.pack(">BBH", 0x50, 0, 0xFFFF) + b"abcd"))
+        associate_pdu.parse_associate(_rq_with_item(struct.pack(">BBH", 0x50, 0, 0xFFFF) + b"abcd"))
     with pytest.raises(pdu.PduError, match="too short for an item header"):
-        pdu.parse_associate(_rq_with_item(b"\x50\x00"))
+        associate_pdu.parse_associate(_rq_with_item(b"\x50\x00"))
     even_id = struct.pack(">BBH", 0x20, 0, 4) + bytes([2, 0, 0, 0])
     with pytest.raises(pdu.PduError, match="odd number"):
-        pdu.parse_associate(_rq_with_item(even_id))
+        associate_pdu.parse_associate(_rq_with_item(even_id))
     no_syntax = struct.pack(">BBH", 0x20, 0, 4) + bytes([5, 0, 0, 0])
     with pytest.raises(pdu.PduError, match="one abstract syntax"):
-        pdu.parse_associate(_rq_with_item(no_syntax))
+        associate_pdu.parse_associate(_rq_with_item(no_syntax))
     # Unknown item types are skipped (PS3.8 9.3.1) once their length is known to be sane.
-    assert pdu.parse_associate(_rq_with_item(struct.pack(">BBH", 0x7E, 0, 2) + b"zz")).calling_aet == "CLINICA"
+    unknown = _rq_with_item(struct.pack(">BBH", 0x7E, 0, 2) + b"zz")
+    assert associate_pdu.parse_associate(unknown).calling_aet == "CLINICA"
 
 
 def test_parser_raises_only_pdu_error_on_random_mutations():
@@ -161,7 +163,7 @@ def test_parser_raises_only_pdu_error_on_random_mutations():
         if rng.random() < 0.3:
             data = data[: rng.randrange(len(data))]
         try:
-            pdu.parse_associate(bytes(data))
+            associate_pdu.parse_associate(bytes(data))
             outcomes["parsed"] += 1
         except pdu.PduError:
             outcomes["refused"] += 1

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securepacs.config.gateway_settings import GatewayError
 from securepacs.gateway import gateway_tls
-from securepacs.pki import authority
+from securepacs.pki import certificates, pem_files
 
 ALLOWED = ("X25519", "P-256", "P-384")
 REFUSED = ("X448", "P-521")
@@ -27,15 +27,15 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     # RSA keys, as in production: with TLS 1.2 an ECDSA certificate's own curve must also be one the
     # client offers, which would mix a second, unrelated refusal into these tests.
     p.server = _rsa_credential(p, "server", "server+client", dns_names=["localhost"])
-    p.clinic_a = _rsa_credential(p, "clinicA", "client", uris=authority.clinic_uris("clinicA", ["CLINICA"]))
+    p.clinic_a = _rsa_credential(p, "clinicA", "client", uris=certificates.clinic_uris("clinicA", ["CLINICA"]))
     return p
 
 
 def _rsa_credential(p: Pki, name: str, usage: str, **names: list[str]) -> Credential:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # fast; the size is not under test
-    key, cert = authority.make_cert(p.clinic_ca_key, p.clinic_ca_cert, name, usage=usage, days=1, key=key, **names)
-    authority.write_key(p.root / f"rsa-{name}.key", key)
-    authority.write_cert(p.root / f"rsa-{name}.crt", cert)
+    key, cert = certificates.make_cert(p.clinic_ca_key, p.clinic_ca_cert, name, usage=usage, days=1, key=key, **names)
+    pem_files.write_key(p.root / f"rsa-{name}.key", key)
+    pem_files.write_cert(p.root / f"rsa-{name}.crt", cert)
     return Credential(p.root / f"rsa-{name}.crt", p.root / f"rsa-{name}.key", cert.serial_number, cert)
 
 

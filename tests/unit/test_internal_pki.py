@@ -10,8 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securepacs.pki.authority import Pki, load_cert, load_key, make_cert, write_cert, write_key
+from securepacs.pki.authority import Pki
+from securepacs.pki.certificates import make_cert
 from securepacs.pki.internal_ca import InternalPki
+from securepacs.pki.pem_files import load_cert, load_key, write_cert, write_key
 
 
 def test_creates_ca_and_both_leaves_once(tmp_path: Path) -> None:

@@ -15,23 +15,24 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securepacs.pki import authority
-from securepacs.pki.authority import Pki, PkiError
+from securepacs.pki import authority, certificates, pem_files
+from securepacs.pki.authority import Pki
+from securepacs.pki.certificates import PkiError
 
-REAL_CA_KIND = authority.CA_KEY_KIND
-REAL_LEAF_KIND = authority.LEAF_KEY_KIND
+REAL_CA_KIND = certificates.CA_KEY_KIND
+REAL_LEAF_KIND = certificates.LEAF_KEY_KIND
 
 
 @pytest.fixture(autouse=True)
 def fast_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     # RSA 4096 takes about a second; these tests are about structure, not key size (see test_real_defaults).
-    monkeypatch.setattr(authority, "CA_KEY_KIND", "ec-p256")
-    monkeypatch.setattr(authority, "LEAF_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "CA_KEY_KIND", "ec-p256")
+    monkeypatch.setattr(certificates, "LEAF_KEY_KIND", "ec-p256")
 
 
 @pytest.fixture
-def ca() -> tuple[authority.PrivateKey, x509.Certificate]:
-    return authority.make_ca("Test CA", days=30)
+def ca() -> tuple[certificates.PrivateKey, x509.Certificate]:
+    return certificates.make_ca("Test CA", days=30)
 
 
 def ext(cert: x509.Certificate, cls: type) -> x509.Extension:
@@ -50,12 +51,12 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def test_generate_key_kinds() -> None:
-    assert isinstance(authority.generate_key("ec-p256"), ec.EllipticCurvePrivateKey)
+    assert isinstance(certificates.generate_key("ec-p256"), ec.EllipticCurvePrivateKey)
     with pytest.raises(PkiError, match=r"'dsa1024'.*rsa3072, rsa4096, ec-p256"):
-        authority.generate_key("dsa1024")
+        certificates.generate_key("dsa1024")
 
 
-def test_ca_extensions_and_lifetime(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
+def test_ca_extensions_and_lifetime(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
     key, cert = ca
     bc = ext(cert, x509.BasicConstraints)
     assert bc.critical and bc.value.ca and bc.value.path_length == 0
@@ -72,12 +73,12 @@ def test_ca_extensions_and_lifetime(ca: tuple[authority.PrivateKey, x509.Certifi
 @pytest.mark.parametrize("days", [0, 3651, -1])
 def test_ca_lifetime_bounded(days: int) -> None:
     with pytest.raises(PkiError, match=rf"days={days}.*1-3650"):
-        authority.make_ca("Test CA", days=days)
+        certificates.make_ca("Test CA", days=days)
 
 
-def test_leaf_extensions(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
+def test_leaf_extensions(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
     ca_key, ca_cert = ca
-    key, cert = authority.make_cert(ca_key, ca_cert, "pacs.example.org", usage="server+client",
+    key, cert = certificates.make_cert(ca_key, ca_cert, "pacs.example.org", usage="server+client",
                               dns_names=["pacs.example.org"], ip_addresses=["127.0.0.1", "::1"],
                               uris=["urn:example:x"], organization="Example", days=10)
     bc = ext(cert, x509.BasicConstraints)
@@ -103,56 +104,56 @@ def test_leaf_extensions(ca: tuple[authority.PrivateKey, x509.Certificate]) -> N
     ("server", [ExtendedKeyUsageOID.SERVER_AUTH]),
     ("client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
 ])
-def test_leaf_usage(ca: tuple[authority.PrivateKey, x509.Certificate], usage: str, expected: list) -> None:
-    _, cert = authority.make_cert(*ca, "x", usage=usage, days=1)
+def test_leaf_usage(ca: tuple[certificates.PrivateKey, x509.Certificate], usage: str, expected: list) -> None:
+    _, cert = certificates.make_cert(*ca, "x", usage=usage, days=1)
     assert list(ext(cert, x509.ExtendedKeyUsage).value) == expected
     with pytest.raises(x509.ExtensionNotFound):  # no names given: no (invalid, empty) SAN extension
         ext(cert, x509.SubjectAlternativeName)
 
 
-def test_leaf_serials_random(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
-    key = authority.generate_key("ec-p256")
-    serials = {authority.make_cert(*ca, "x", usage="client", days=1, key=key)[1].serial_number for _ in range(3)}
+def test_leaf_serials_random(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
+    key = certificates.generate_key("ec-p256")
+    serials = {certificates.make_cert(*ca, "x", usage="client", days=1, key=key)[1].serial_number for _ in range(3)}
     assert len(serials) == 3 and all(s > 2**64 for s in serials)
 
 
-def test_leaf_lifetime_rules(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
-    ca_key, ca_cert = authority.make_ca("Long CA", days=3650)
+def test_leaf_lifetime_rules(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
+    ca_key, ca_cert = certificates.make_ca("Long CA", days=3650)
     with pytest.raises(PkiError, match=r"days=366.*1-365"):  # Mozilla's TLS profiles: at most 366 days
-        authority.make_cert(ca_key, ca_cert, "x", usage="client", days=366)
-    _, longest = authority.make_cert(ca_key, ca_cert, "x", usage="client", days=365)
+        certificates.make_cert(ca_key, ca_cert, "x", usage="client", days=366)
+    _, longest = certificates.make_cert(ca_key, ca_cert, "x", usage="client", days=365)
     assert (longest.not_valid_after_utc - longest.not_valid_before_utc).days == 365  # clock skew included
     # Explicit dates are how tests craft expired certificates: no cap, but the range must not be empty.
     start = datetime(2020, 1, 1, tzinfo=UTC)
-    _, old = authority.make_cert(ca_key, ca_cert, "x", usage="client", not_before=start,
+    _, old = certificates.make_cert(ca_key, ca_cert, "x", usage="client", not_before=start,
                                  not_after=start + timedelta(900))
     assert old.not_valid_before_utc == start and old.not_valid_after_utc < datetime.now(UTC)
     with pytest.raises(PkiError, match="validity is empty"):
-        authority.make_cert(ca_key, ca_cert, "x", usage="client", not_before=start, not_after=start)
+        certificates.make_cert(ca_key, ca_cert, "x", usage="client", not_before=start, not_after=start)
     with pytest.raises(PkiError, match="timezone-aware"):
-        authority.make_cert(ca_key, ca_cert, "x", usage="client", not_before=datetime(2020, 1, 1))
+        certificates.make_cert(ca_key, ca_cert, "x", usage="client", not_before=datetime(2020, 1, 1))
     with pytest.raises(PkiError, match="after the CA certificate"):
-        authority.make_cert(*ca, "x", usage="client", days=31)  # the 30-day CA would expire first
+        certificates.make_cert(*ca, "x", usage="client", days=31)  # the 30-day CA would expire first
 
 
-def test_leaf_bad_inputs(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
+def test_leaf_bad_inputs(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
     with pytest.raises(PkiError, match="usage 'mail'"):
-        authority.make_cert(*ca, "x", usage="mail")
+        certificates.make_cert(*ca, "x", usage="mail")
     with pytest.raises(PkiError, match="DNS name 'bad name'"):
-        authority.make_cert(*ca, "x", usage="server", dns_names=["bad name"])
+        certificates.make_cert(*ca, "x", usage="server", dns_names=["bad name"])
     with pytest.raises(PkiError, match=r"IP address '300\.1\.1\.1'"):
-        authority.make_cert(*ca, "x", usage="server", ip_addresses=["300.1.1.1"])
+        certificates.make_cert(*ca, "x", usage="server", ip_addresses=["300.1.1.1"])
     with pytest.raises(PkiError, match="not a single string"):
-        authority.make_cert(*ca, "x", usage="server", dns_names="example.org")
+        certificates.make_cert(*ca, "x", usage="server", dns_names="example.org")
     with pytest.raises(PkiError, match="common name"):
-        authority.make_cert(*ca, "x" * 65, usage="client")
-    other_key, _ = authority.make_ca("Other")
+        certificates.make_cert(*ca, "x" * 65, usage="client")
+    other_key, _ = certificates.make_ca("Other")
     with pytest.raises(PkiError, match="does not match CA certificate"):
-        authority.make_cert(other_key, ca[1], "x", usage="client")
+        certificates.make_cert(other_key, ca[1], "x", usage="client")
 
 
-def test_fingerprint(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
-    fp = authority.fingerprint_sha256(ca[1])
+def test_fingerprint(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
+    fp = certificates.fingerprint_sha256(ca[1])
     assert len(fp) == 64 and fp == fp.lower() and ":" not in fp
     assert bytes.fromhex(fp) == ca[1].fingerprint(hashes.SHA256())
 
@@ -161,51 +162,51 @@ def test_fingerprint(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
 
 
 def test_write_key_mode_and_no_overwrite(tmp_path: Path) -> None:
-    key = authority.generate_key("ec-p256")
+    key = certificates.generate_key("ec-p256")
     path = tmp_path / "sub" / "k.key"
-    authority.write_key(path, key)
+    pem_files.write_key(path, key)
     assert mode(path) == 0o600
-    assert authority.load_key(path).private_numbers() == key.private_numbers()
+    assert pem_files.load_key(path).private_numbers() == key.private_numbers()
     before = path.read_bytes()
     with pytest.raises(PkiError, match=f"{re.escape(str(path))} already exists"):
-        authority.write_key(path, authority.generate_key("ec-p256"))
+        pem_files.write_key(path, certificates.generate_key("ec-p256"))
     assert path.read_bytes() == before
-    authority.write_key(path, authority.generate_key("ec-p256"), overwrite=True)
+    pem_files.write_key(path, certificates.generate_key("ec-p256"), overwrite=True)
     assert path.read_bytes() != before and mode(path) == 0o600
     assert sorted(p.name for p in path.parent.iterdir()) == ["k.key"]  # no temporary files left
 
 
 def test_write_key_passphrase(tmp_path: Path) -> None:
-    key = authority.generate_key("ec-p256")
+    key = certificates.generate_key("ec-p256")
     path = tmp_path / "enc.key"
-    authority.write_key(path, key, b"secret passphrase")
+    pem_files.write_key(path, key, b"secret passphrase")
     assert b"ENCRYPTED" in path.read_bytes()
     with pytest.raises(PkiError, match=f"{re.escape(str(path))} is encrypted"):
-        authority.load_key(path)
-    assert authority.load_key(path, b"secret passphrase").private_numbers() == key.private_numbers()
+        pem_files.load_key(path)
+    assert pem_files.load_key(path, b"secret passphrase").private_numbers() == key.private_numbers()
 
 
-def test_write_cert_mode_and_chain(tmp_path: Path, ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
-    _, leaf = authority.make_cert(*ca, "x", usage="client", days=1)
+def test_write_cert_mode_and_chain(tmp_path: Path, ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
+    _, leaf = certificates.make_cert(*ca, "x", usage="client", days=1)
     path = tmp_path / "chain.pem"
-    authority.write_cert(path, leaf, ca[1])
+    pem_files.write_cert(path, leaf, ca[1])
     assert mode(path) == 0o644
     assert x509.load_pem_x509_certificates(path.read_bytes()) == [leaf, ca[1]]
-    assert authority.load_cert(path) == leaf
+    assert pem_files.load_cert(path) == leaf
     with pytest.raises(PkiError, match="already exists"):
-        authority.write_cert(path, leaf, overwrite=False)
+        pem_files.write_cert(path, leaf, overwrite=False)
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pem"
     with pytest.raises(PkiError, match=f"certificate file {re.escape(str(missing))} does not exist"):
-        authority.load_cert(missing)
+        pem_files.load_cert(missing)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     with pytest.raises(PkiError, match=f"{re.escape(str(garbage))} does not contain a valid X\\.509"):
-        authority.load_cert(garbage)
+        pem_files.load_cert(garbage)
     with pytest.raises(PkiError, match=f"{re.escape(str(garbage))} does not contain a readable PEM private key"):
-        authority.load_key(garbage)
+        pem_files.load_key(garbage)
 
 
 # -- the on-disk layout ------------------------------------------------------------------------------
@@ -251,8 +252,8 @@ def test_ensure_server(tmp_path: Path) -> None:
     p.ensure_ca()
     assert p.ensure_server(["pacs.example.org", "localhost", "127.0.0.1", "::1"]) is True
     assert mode(p.server_key_path) == 0o600
-    cert = authority.load_cert(p.server_cert_path)
-    cert.verify_directly_issued_by(authority.load_cert(p.ca_cert_path))
+    cert = pem_files.load_cert(p.server_cert_path)
+    cert.verify_directly_issued_by(pem_files.load_cert(p.ca_cert_path))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "pacs.example.org"
     assert set(ext(cert, x509.ExtendedKeyUsage).value) == {ExtendedKeyUsageOID.SERVER_AUTH,
                                                            ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -269,7 +270,7 @@ def test_ensure_server(tmp_path: Path) -> None:
 
     assert p.ensure_server(["localhost", "other.example.org"]) is True  # a missing name re-issues
     assert p.server_key_path.read_bytes() != before["server/server.key"]
-    san = ext(authority.load_cert(p.server_cert_path), x509.SubjectAlternativeName).value
+    san = ext(pem_files.load_cert(p.server_cert_path), x509.SubjectAlternativeName).value
     assert "other.example.org" in san.get_values_for_type(x509.DNSName)
 
 
@@ -278,14 +279,14 @@ def test_ensure_server_renews_expiring(tmp_path: Path) -> None:
     p.ensure_ca()
     ca_key, ca_cert = p.load_ca()
     now = datetime.now(UTC)
-    key, cert = authority.make_cert(ca_key, ca_cert, "localhost", usage="server+client", dns_names=["localhost"],
+    key, cert = certificates.make_cert(ca_key, ca_cert, "localhost", usage="server+client", dns_names=["localhost"],
                               not_before=now - timedelta(days=300), not_after=now + timedelta(days=29))
-    authority.write_key(p.server_key_path, key)
-    authority.write_cert(p.server_cert_path, cert)
+    pem_files.write_key(p.server_key_path, key)
+    pem_files.write_cert(p.server_cert_path, cert)
     assert "less than 30 days" in (p.server_renewal_reason(["localhost"]) or "")
     assert p.ensure_server(["localhost"]) is True
-    assert authority.load_cert(p.server_cert_path).not_valid_after_utc > now + timedelta(days=300)
-    assert authority.load_key(p.server_key_path).private_numbers() != key.private_numbers()
+    assert pem_files.load_cert(p.server_cert_path).not_valid_after_utc > now + timedelta(days=300)
+    assert pem_files.load_key(p.server_key_path).private_numbers() != key.private_numbers()
 
 
 def test_ensure_server_reissues_a_certificate_longer_than_the_cap(tmp_path: Path) -> None:
@@ -294,13 +295,13 @@ def test_ensure_server_reissues_a_certificate_longer_than_the_cap(tmp_path: Path
     p.ensure_ca()
     ca_key, ca_cert = p.load_ca()
     now = datetime.now(UTC)
-    key, cert = authority.make_cert(ca_key, ca_cert, "localhost", usage="server+client", dns_names=["localhost"],
+    key, cert = certificates.make_cert(ca_key, ca_cert, "localhost", usage="server+client", dns_names=["localhost"],
                               not_before=now, not_after=now + timedelta(days=397))
-    authority.write_key(p.server_key_path, key)
-    authority.write_cert(p.server_cert_path, cert)
+    pem_files.write_key(p.server_key_path, key)
+    pem_files.write_cert(p.server_cert_path, cert)
     assert p.server_renewal_reason(["localhost"]) == "valid for 397 days, longer than the 365-day limit"
     assert p.ensure_server(["localhost"]) is True
-    renewed = authority.load_cert(p.server_cert_path)
+    renewed = pem_files.load_cert(p.server_cert_path)
     assert (renewed.not_valid_after_utc - renewed.not_valid_before_utc).days == 365
     assert p.server_renewal_reason(["localhost"]) is None
 
@@ -324,15 +325,15 @@ def test_issue_clinic_bundle(tmp_path: Path) -> None:
         ["clinic.key", "clinic.crt", "ca.crt", "clinic.p12", "clinic.p12.pass"])
     for path in (b.key_path, b.p12_path, b.p12_pass_path):
         assert mode(path) == 0o600, path
-    cert = authority.load_cert(b.cert_path)
-    ca_cert = authority.load_cert(p.ca_cert_path)
+    cert = pem_files.load_cert(b.cert_path)
+    ca_cert = pem_files.load_cert(p.ca_cert_path)
     cert.verify_directly_issued_by(ca_cert)
     assert b.ca_path.read_bytes() == p.ca_cert_path.read_bytes()
     assert cert.subject.rfc4514_string() == "O=SecurePACS clinic,CN=north"
     assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    assert (b.serial, b.fingerprint) == (cert.serial_number, authority.fingerprint_sha256(cert))
+    assert (b.serial, b.fingerprint) == (cert.serial_number, certificates.fingerprint_sha256(cert))
     assert (b.not_before, b.not_after) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
-    assert authority.clinic_identity(cert) == ("north", ("MY AET", "CT_1"))
+    assert certificates.clinic_identity(cert) == ("north", ("MY AET", "CT_1"))
     uris = ext(cert, x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
     assert uris == ["urn:securepacs:clinic:north", "urn:securepacs:aet:MY%20AET", "urn:securepacs:aet:CT_1"]
 
@@ -340,7 +341,7 @@ def test_issue_clinic_bundle(tmp_path: Path) -> None:
     assert len(passphrase) >= 32
     p12 = pkcs12.load_pkcs12(b.p12_path.read_bytes(), passphrase.encode())
     assert p12.key is not None and p12.cert is not None
-    assert p12.key.private_numbers() == authority.load_key(b.key_path).private_numbers()
+    assert p12.key.private_numbers() == pem_files.load_key(b.key_path).private_numbers()
     assert p12.cert.certificate == cert
     assert [c.certificate for c in p12.additional_certs] == [ca_cert]
     with pytest.raises(ValueError):
@@ -353,13 +354,13 @@ def test_clinic_bundle_with_a_retrieve_address_also_serves_the_clinic_scp(tmp_pa
     for host, dns, ips in (("10.1.2.3", [], [ipaddress.ip_address("10.1.2.3")]),
                            ("PACS.North.example", ["pacs.north.example"], [])):
         name = f"north{len(dns)}"
-        cert = authority.load_cert(p.issue_clinic(name, ["N"], days=30, move_host=host).cert_path)
+        cert = pem_files.load_cert(p.issue_clinic(name, ["N"], days=30, move_host=host).cert_path)
         assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH,
                                                                 ExtendedKeyUsageOID.CLIENT_AUTH]
         san = ext(cert, x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == dns
         assert san.get_values_for_type(x509.IPAddress) == ips
-        assert authority.clinic_identity(cert) == (name, ("N",))
+        assert certificates.clinic_identity(cert) == (name, ("N",))
     with pytest.raises(PkiError, match=r"DNS name 'bad\.\.host' is invalid"):
         p.issue_clinic("south", ["S"], move_host="bad..host")
     assert not (tmp_path / "clinics" / "south").exists()
@@ -386,23 +387,23 @@ def test_issue_clinic_refusals_leave_nothing(tmp_path: Path) -> None:
 def test_issue_clinic_removes_partial_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = Pki(tmp_path)
     p.ensure_ca()
-    real = authority._write_atomic
+    real = authority.write_file
 
     def fail_on_p12(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
         if path.name == "clinic.p12":
             raise PkiError(f"cannot write {re.escape(str(path))}: disk full")
         real(path, data, mode, overwrite=overwrite)
 
-    monkeypatch.setattr(authority, "_write_atomic", fail_on_p12)
+    monkeypatch.setattr(authority, "write_file", fail_on_p12)
     with pytest.raises(PkiError, match="disk full"):
         p.issue_clinic("north", ["A"])
     assert not p.clinic_dir("north").exists()
 
 
-def test_clinic_identity_of_other_certs(ca: tuple[authority.PrivateKey, x509.Certificate]) -> None:
-    assert authority.clinic_identity(ca[1]) == (None, ())
-    _, cert = authority.make_cert(*ca, "x", usage="server", dns_names=["example.org"], days=1)
-    assert authority.clinic_identity(cert) == (None, ())
+def test_clinic_identity_of_other_certs(ca: tuple[certificates.PrivateKey, x509.Certificate]) -> None:
+    assert certificates.clinic_identity(ca[1]) == (None, ())
+    _, cert = certificates.make_cert(*ca, "x", usage="server", dns_names=["example.org"], days=1)
+    assert certificates.clinic_identity(cert) == (None, ())
 
 
 def test_write_crl(tmp_path: Path) -> None:
@@ -413,7 +414,7 @@ def test_write_crl(tmp_path: Path) -> None:
     when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     assert p.write_crl([(1234567, when)], days=3) == p.crl_path
     crl = x509.load_pem_x509_crl(p.crl_path.read_bytes())
-    ca_cert = authority.load_cert(p.ca_cert_path)
+    ca_cert = pem_files.load_cert(p.ca_cert_path)
     assert crl.is_signature_valid(ca_cert.public_key())
     assert crl.issuer == ca_cert.subject
     entry = crl.get_revoked_certificate_by_serial_number(1234567)
@@ -432,16 +433,16 @@ def test_write_crl(tmp_path: Path) -> None:
 
 def test_real_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The deployed key types: RSA 4096 CA, RSA 3072 leaves (Orthanc's TLS 1.2 suites are RSA-only)."""
-    monkeypatch.setattr(authority, "CA_KEY_KIND", REAL_CA_KIND)
-    monkeypatch.setattr(authority, "LEAF_KEY_KIND", REAL_LEAF_KIND)
+    monkeypatch.setattr(certificates, "CA_KEY_KIND", REAL_CA_KIND)
+    monkeypatch.setattr(certificates, "LEAF_KEY_KIND", REAL_LEAF_KIND)
     p = Pki(tmp_path)
     assert p.ensure_ca() and p.ensure_server(["localhost"])
     bundle = p.issue_clinic("north", ["A"])
-    ca_cert = authority.load_cert(p.ca_cert_path)
+    ca_cert = pem_files.load_cert(p.ca_cert_path)
     assert ca_cert.public_key().key_size == 4096
     assert timedelta(days=3649) < ca_cert.not_valid_after_utc - datetime.now(UTC) <= timedelta(days=3650)
     for path in (p.server_cert_path, bundle.cert_path):
-        cert = authority.load_cert(path)
+        cert = pem_files.load_cert(path)
         public = cert.public_key()
         assert isinstance(public, rsa.RSAPublicKey) and public.key_size == 3072
         assert ext(cert, x509.KeyUsage).value.key_encipherment

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from securepacs.store.database import CertificateRecord, Store, StoreError
+from securepacs.store.database import Store
+from securepacs.store.records import CertificateRecord, StoreError
 
 
 @pytest.fixture

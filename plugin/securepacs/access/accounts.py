@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from securepacs.access.credentials import (
     token_hash,
 )
 from securepacs.access.principal import CLINIC_ROLES, ROLES, SERVICE_ROLES, Principal
+from securepacs.access.second_factor import SecondFactor
 from securepacs.access.throttle import AddressThrottle
 from securepacs.access.user_admin import (
     AccountError,
@@ -116,11 +116,7 @@ class Accounts:
         self.settings = settings or AccountSettings()
         self._clock = clock
         self._cache = CredentialCache(self.settings.auth_cache_seconds)
-        self._pending_totp: dict[str, tuple[str, float]] = {}
-        # Last accepted TOTP step per user: a code cannot be replayed. In memory: only the plugin process
-        # checks codes, and after a restart the window of a captured code has long passed.
-        self._last_totp_step: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._second_factor = SecondFactor()
         self._throttle = AddressThrottle(self.settings.address_max_failures, self.settings.address_backoff_seconds,
                                          self.settings.lockout_seconds)
         # Idle time counts from the last *written* last_seen, which lags the last request by less than
@@ -293,7 +289,7 @@ class Accounts:
             if not totp_code:
                 raise TotpRequired("second factor required: send the 6-digit code of your authenticator app "
                                    "as 'totp'")
-            if not self._accept_totp(user.username, user.totp_secret, totp_code, now):
+            if not self._second_factor.accept(user.username, user.totp_secret, totp_code, now):
                 self._failure(user, client_ip, "login (TOTP code)")
                 raise LoginFailed(LOGIN_FAILED)
         if user.failed_logins:
@@ -368,30 +364,23 @@ class Accounts:
         if user.totp_secret is not None:
             raise AccountError(f"user {user.username!r} already has a second factor: expected none (remove it "
                                "first with POST /securepacs/api/me/totp/remove)")
-        secret = totp.new_secret()
-        expires = self._clock() + PENDING_TOTP_SECONDS
-        with self._lock:
-            self._pending_totp[user.username] = (secret, expires)
+        secret, expires = self._second_factor.begin(user.username, self._clock())
         return TotpEnrolment(secret, totp.provisioning_uri(secret, user.username, self.settings.totp_issuer),
                              expires)
 
     def confirm_totp(self, username: str, code: str) -> None:
         """Activate the pending second factor once the app shows a matching code; ends the user's sessions."""
-        now = self._clock()
-        with self._lock:
-            pending = self._pending_totp.get(username)
-        if pending is None or pending[1] <= now:
+        try:
+            matched = self._second_factor.confirm(username, code, self._clock())
+        except LookupError:
             raise AccountError("no second-factor enrolment in progress: expected POST /securepacs/api/me/totp "
-                               f"first (an enrolment must be confirmed within {PENDING_TOTP_SECONDS} s)")
-        step = totp.matching_step(pending[0], code, now) if isinstance(code, str) else None
-        if step is None:
+                               f"first (an enrolment must be confirmed within {PENDING_TOTP_SECONDS} s)") from None
+        if matched is None:
             raise AccountError("code does not match: expected the current 6-digit code of the authenticator app")
         if self._store.get_user(username) is None:
             raise UnknownUser(f"unknown user {username!r}")
-        self._store.set_totp_secret(username, pending[0])
-        with self._lock:
-            self._pending_totp.pop(username, None)
-            self._last_totp_step[username] = step  # the confirming code cannot also serve to log in
+        self._store.set_totp_secret(username, matched[0])
+        self._second_factor.finish(username, matched[1])
         log.info("user %r enrolled a second factor", username)
 
     def disable_totp(self, username: str, password: str, code: str, client_ip: str = "") -> None:
@@ -404,19 +393,8 @@ class Accounts:
         user = self._verified(username, password, client_ip, "TOTP removal")
         if user.totp_secret is None:
             raise AccountError(f"user {user.username!r} has no second factor: expected one to remove")
-        if not self._accept_totp(user.username, user.totp_secret, code, self._clock()):
+        if not self._second_factor.accept(user.username, user.totp_secret, code, self._clock()):
             self._failure(user, client_ip, "TOTP removal (code)")
             raise LoginFailed(LOGIN_FAILED)
         self._store.set_totp_secret(user.username, None)
         log.info("user %r removed their second factor", user.username)
-
-    def _accept_totp(self, username: str, secret: str, code: str, now: float) -> bool:
-        step = totp.matching_step(secret, code, now) if isinstance(code, str) else None
-        if step is None:
-            return False
-        with self._lock:
-            if step <= self._last_totp_step.get(username, -1):
-                log.warning("TOTP code of user %r replayed", username)
-                return False
-            self._last_totp_step[username] = step
-        return True

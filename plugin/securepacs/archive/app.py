@@ -30,8 +30,9 @@ from securepacs.config.plugin_settings import PluginConfig
 from securepacs.dicom import status_codes
 from securepacs.pki import enrolment
 from securepacs.platform import exposure, health
-from securepacs.store.database import Clinic, Store, StoreError
-from securepacs.tenancy import find_engine, qido, retrieve_policy
+from securepacs.store.database import Store
+from securepacs.store.records import Clinic, StoreError
+from securepacs.tenancy import find_engine, find_identifier, qido, retrieve_policy
 from securepacs.tenancy.ownership import Tenancy
 from securepacs.tenancy.stored_check import StoredInstanceCheck
 from securepacs.tenancy.stow import StowService
@@ -145,18 +146,18 @@ class SecurePacsApp:
     def on_find(self, items: list[tuple[int, int, str]], calling_aet: str, _called_aet: str) -> Iterable[bytes]:
         principal = self.dicom_principal(calling_aet)
         peer = self.audit.dicom_peer(calling_aet, principal.clinic if principal else None)
-        level, identifier = find_engine.parse_find_query(items)
-        query = find_engine.encode_answer(identifier)
+        level, identifier = find_identifier.parse_find_query(items)
+        query = find_identifier.encode_answer(identifier)
         patient_id = str(identifier.get("PatientID", "") or "")
         if principal is None:
-            self.audit.queried(peer, find_engine.find_sop_class(level), query, 0, level=level, patient_id=patient_id,
-                               outcome=codes.OUTCOME_SERIOUS_FAILURE)
+            self.audit.queried(peer, find_identifier.find_sop_class(level), query, 0, level=level,
+                               patient_id=patient_id, outcome=codes.OUTCOME_SERIOUS_FAILURE)
             raise PermissionError(f"C-FIND from {calling_aet!r} refused: not an enrolled clinic")
         answers = self.queries.find(level, identifier, self.tenancy.scope(principal))
-        self.audit.queried(peer, find_engine.find_sop_class(level), query, len(answers), level=level,
+        self.audit.queried(peer, find_identifier.find_sop_class(level), query, len(answers), level=level,
                            patient_id=patient_id)
         log.info("C-FIND at %s level by %r: %d answer(s)", level, calling_aet, len(answers))
-        return [find_engine.encode_answer(ds) for ds in answers]
+        return [find_identifier.encode_answer(ds) for ds in answers]
 
     def start_move(self, request: Mapping[str, str]) -> MoveOperation:
         """Plan a C-MOVE (a refusal raises :class:`MoveRefused`, audited); the operation sends it when run."""

@@ -18,7 +18,8 @@ from functools import cached_property
 from typing import Any
 
 from securepacs.archive.modalities import PREFIX
-from securepacs.store.database import Clinic, Store
+from securepacs.store.database import Store
+from securepacs.store.records import Clinic
 from securepacs.tenancy.ownership import Tenancy
 from securepacs.web.orthanc_api import OrthancRest
 

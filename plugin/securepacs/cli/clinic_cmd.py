@@ -15,7 +15,8 @@ from securepacs.config import environment as settings_mod
 from securepacs.config.environment import Settings
 from securepacs.config.gateway_settings import GatewayConfig
 from securepacs.pki import enrolment, renewal
-from securepacs.pki.authority import MAX_LEAF_DAYS, ClinicBundle, Pki
+from securepacs.pki.authority import ClinicBundle, Pki
+from securepacs.pki.certificates import MAX_LEAF_DAYS
 from securepacs.store.database import Store
 
 ENROL_WAIT_SECONDS = 15.0

@@ -15,9 +15,12 @@ from cryptography import x509
 
 from securepacs.config import environment as settings_mod
 from securepacs.config.environment import SettingsError
-from securepacs.pki.authority import Pki, PkiError, fingerprint_sha256, load_cert, split_hostnames
+from securepacs.pki.authority import Pki
+from securepacs.pki.certificates import PkiError, fingerprint_sha256, split_hostnames
 from securepacs.pki.enrolment import EnrolmentError, refresh_crl
-from securepacs.store.database import Store, StoreError
+from securepacs.pki.pem_files import load_cert
+from securepacs.store.database import Store
+from securepacs.store.records import StoreError
 
 log = logging.getLogger(__name__)
 

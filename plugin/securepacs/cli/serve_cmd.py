@@ -8,7 +8,7 @@ import sys
 
 from securepacs.config import environment
 from securepacs.ops import deploy, launcher
-from securepacs.pki.authority import PkiError
+from securepacs.pki.certificates import PkiError
 from securepacs.platform import exposure, health
 
 

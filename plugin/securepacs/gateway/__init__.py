@@ -10,7 +10,7 @@ May import: ``tenancy``, ``audit``, ``access``, ``pki``, ``store`` (read-only), 
 """
 
 from securepacs.config.gateway_settings import GatewayConfig, GatewayError
+from securepacs.gateway.listener import Gateway, run_gateway
 from securepacs.gateway.relay import Action, Inspector, InspectorFactory
-from securepacs.gateway.server import Gateway, run_gateway
 
 __all__ = ["Action", "Gateway", "GatewayConfig", "GatewayError", "Inspector", "InspectorFactory", "run_gateway"]

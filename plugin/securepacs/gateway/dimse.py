@@ -44,6 +44,7 @@ from typing import Any
 
 from securepacs.dataset_limits.nesting import Scanner, scanner_for
 from securepacs.dicom import status_codes
+from securepacs.gateway.associate_pdu import Associate, parse_associate
 from securepacs.gateway.cget_query import GetQuery, Unverifiable, parse_identifier
 from securepacs.gateway.dimse_command import (
     C_CANCEL_RQ,
@@ -63,13 +64,11 @@ from securepacs.gateway.pdu import (
     P_DATA_TF,
     PDV_COMMAND,
     PDV_LAST,
-    Associate,
     PduError,
     build_abort,
     build_p_data,
     build_release_rp,
     iter_pdvs,
-    parse_associate,
     pdu_name,
 )
 from securepacs.gateway.peer_identity import PeerIdentity

@@ -37,7 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from securepacs.config.gateway_settings import GatewayError
 from securepacs.gateway import pdu
 from securepacs.gateway.store_view import ReadOnlyStore
-from securepacs.pki.authority import clinic_identity
+from securepacs.pki.certificates import clinic_identity
 from securepacs.store.database import Clinic
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ only PDU headers are followed (so an A-ABORT of ours can be placed between PDUs)
 direction is relayed whole PDU by whole PDU instead, so the inspector's replies never land inside one.
 
 Memory per association is bounded by the reader buffers, one PDU (<= the negotiated maximum) and the
-transport write buffers (flow control via ``drain``).
+transport write buffers (flow control via ``drain``). Each side is a ``relay_endpoint.Endpoint``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from securepacs.gateway import pdu
+from securepacs.gateway.associate_pdu import Associate, parse_associate
 from securepacs.gateway.peer_identity import PeerIdentity
+from securepacs.gateway.relay_endpoint import CLOSE_GRACE, READ_LIMIT, Endpoint
 
 log = logging.getLogger(__name__)
-
-READ_LIMIT = 256 * 1024  # StreamReader pause threshold (x2) and splice chunk size
-WRITE_HIGH_WATER = 512 * 1024  # transport buffer above which ``drain`` waits
-CLOSE_GRACE = 5.0  # after one direction ends, how long the other may take to follow
 
 # How an association ended. Abortive ends make the gateway send A-ABORTs of its own.
 RELEASED = "released"
@@ -70,91 +68,7 @@ class Inspector(Protocol):
 
 # Called once per accepted ingress association with the peer's identity and its A-ASSOCIATE-RQ;
 # returning None relays that association uninspected.
-InspectorFactory = Callable[[PeerIdentity, pdu.Associate], Inspector | None]
-
-
-class StreamError(OSError):
-    """A connection failed; carries the original error's text but not the original error (see ``_fresh``)."""
-
-
-def _fresh(exc: BaseException) -> StreamError:
-    # An asyncio stream keeps the error that ended its connection and raises that same object again on
-    # every later read or drain; each raise appends the raising frames, which reference the stream, to its
-    # traceback. That cycle pins the connection's 256 KiB TLS buffer until the cyclic GC happens to run
-    # (tens of MB under a flood of refused connections). So the stored error loses its traceback and only
-    # a new error, unknown to the stream, leaves the Endpoint.
-    exc.__traceback__ = None
-    return StreamError(str(exc) or type(exc).__name__)
-
-
-class Endpoint:
-    """One side of a relayed association: a stream pair plus what has been read from it.
-
-    All reads, drains and the close go through these methods: they raise ``StreamError`` (an OSError),
-    ``asyncio.IncompleteReadError`` at end of stream, or ``pdu.PduError``.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str):
-        self.reader = reader
-        self.writer = writer
-        self.label = label
-        self.bytes_read = 0
-        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    async def read_exactly(self, n: int) -> bytes:
-        try:
-            data = await self.reader.readexactly(n)
-        except asyncio.IncompleteReadError as exc:
-            self.bytes_read += len(exc.partial)
-            raise
-        except OSError as exc:  # ssl.SSLError included
-            raise _fresh(exc) from None
-        self.bytes_read += n
-        return data
-
-    async def read_some(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes as soon as any are there; b"" at end of stream."""
-        try:
-            data = await self.reader.read(limit)
-        except OSError as exc:
-            raise _fresh(exc) from None
-        self.bytes_read += len(data)
-        return data
-
-    async def drain(self) -> None:
-        try:
-            await self.writer.drain()
-        except OSError as exc:
-            raise _fresh(exc) from None
-
-    async def read_pdu(self, limit: int) -> tuple[int, bytes, bytes]:
-        """(type, header, body) of the next PDU; PduError if its length exceeds ``limit`` (nothing read then).
-
-        IncompleteReadError if the stream ends: ``partial`` is empty only at a clean PDU boundary.
-        """
-        head = await self.read_exactly(pdu.HEADER_LENGTH)
-        kind, length = pdu.HEADER.unpack(head)
-        if length > limit:
-            raise pdu.PduError(f"{pdu.pdu_name(kind)} from the {self.label} has length {length}: "
-                               f"expected at most {limit}")
-        try:
-            body = await self.read_exactly(length)
-        except asyncio.IncompleteReadError as exc:
-            # The header was read: the stream did not end at a PDU boundary, even if no body byte came.
-            raise asyncio.IncompleteReadError(head + exc.partial, exc.expected) from None
-        return kind, head, body
-
-    async def close(self, timeout: float = CLOSE_GRACE) -> None:
-        """Flush and close (TLS close_notify); abort the transport if the peer does not let us finish."""
-        if self.writer.transport.is_closing():
-            return
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
-        except TimeoutError:
-            self.writer.transport.abort()
-        except OSError as exc:  # the stored error that ended the connection: already closed
-            exc.__traceback__ = None  # see _fresh
+InspectorFactory = Callable[[PeerIdentity, Associate], Inspector | None]
 
 
 class Relay:
@@ -170,7 +84,7 @@ class Relay:
         self.last_activity = time.monotonic()
         self.end: str | None = None
         self.detail: str | None = None  # for protocol errors: what was wrong
-        self.answer: pdu.Associate | None = None  # the A-ASSOCIATE-AC, once seen
+        self.answer: Associate | None = None  # the A-ASSOCIATE-AC, once seen
         self.first_answer = b""  # the acceptor's first PDU as received (AC, RJ or A-ABORT)
         self._limit = max_pdu
         self._accepted: frozenset[int] = frozenset()
@@ -237,7 +151,7 @@ class Relay:
         answer = self.first_answer = head + body
         if kind == pdu.A_ASSOCIATE_AC:
             try:
-                self.answer = pdu.parse_associate(answer)
+                self.answer = parse_associate(answer)
             except pdu.PduError as exc:
                 self.end, self.detail = PROTOCOL_ERROR, f"acceptor sent a malformed A-ASSOCIATE-AC: {exc}"
                 return False

@@ -24,4 +24,8 @@ class ReadOnlyStore(Store):
         self.path = Path(path)
         self._lock = threading.RLock()
         uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+        except sqlite3.OperationalError as exc:
+            # mode=ro never creates the file: name the one that is missing (or unreadable) instead.
+            raise sqlite3.OperationalError(f"cannot open the store {self.path} read-only: {exc}") from exc

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from securepacs.config.environment import SettingsError, validate_aet
-from securepacs.pki.authority import CLINIC_NAME_RE, MAX_LEAF_DAYS, ClinicBundle, Pki, PkiError, load_cert
+from securepacs.pki.authority import ClinicBundle, Pki
+from securepacs.pki.certificates import CLINIC_NAME_RE, MAX_LEAF_DAYS, PkiError
+from securepacs.pki.pem_files import load_cert
 from securepacs.store.database import CertificateRecord, Clinic, Store
 
 log = logging.getLogger(__name__)

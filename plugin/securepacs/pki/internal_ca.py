@@ -16,19 +16,16 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from securepacs.pki.authority import (
+from securepacs.pki.certificates import (
     CLOCK_SKEW,
     LEAF_KEY_KIND,
     MAX_LEAF_DAYS,
     PkiError,
     generate_key,
-    load_cert,
-    load_key,
     make_ca,
     make_cert,
-    write_cert,
-    write_key,
 )
+from securepacs.pki.pem_files import load_cert, load_key, write_cert, write_key
 
 log = logging.getLogger(__name__)
 

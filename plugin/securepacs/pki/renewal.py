@@ -14,8 +14,10 @@ import logging
 import os
 from pathlib import Path
 
-from securepacs.pki.authority import MAX_LEAF_DAYS, ClinicBundle, Pki, PkiError, load_cert
+from securepacs.pki.authority import ClinicBundle, Pki
+from securepacs.pki.certificates import MAX_LEAF_DAYS, PkiError
 from securepacs.pki.enrolment import EnrolmentError, validate_clinic_name
+from securepacs.pki.pem_files import load_cert
 from securepacs.store.database import CertificateRecord, Clinic, Store
 
 log = logging.getLogger(__name__)

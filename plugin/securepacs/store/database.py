@@ -4,6 +4,9 @@ One narrow interface over SQLite in the data dir. The SQL sticks to what Postgre
 (``ON CONFLICT``, no SQLite-only types) so a second backend is a new class, not a rewrite. The command
 line and the Orthanc plugin open the same file: every mutation bumps ``generation`` so the plugin can
 notice changes made by ``securepacs clinic ...`` without a restart.
+
+The tables and their migrations live in ``sql_schema``, the records handed out in ``records``; this
+module opens the file and runs the queries.
 """
 
 from __future__ import annotations
@@ -13,147 +16,21 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clinics (
-    name TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    revoked_at TEXT,
-    move_host TEXT,
-    move_port INTEGER
-);
-CREATE TABLE IF NOT EXISTS clinic_aets (
-    aet TEXT PRIMARY KEY,
-    clinic TEXT NOT NULL REFERENCES clinics(name)
-);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY,
-    clinic TEXT NOT NULL REFERENCES clinics(name),
-    subject TEXT NOT NULL,
-    fingerprint_sha256 TEXT NOT NULL,
-    not_before TEXT NOT NULL,
-    not_after TEXT NOT NULL,
-    revoked_at TEXT
-);
-CREATE TABLE IF NOT EXISTS users (
-    username TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    role TEXT NOT NULL,
-    clinic TEXT REFERENCES clinics(name),
-    disabled INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    token_hash TEXT PRIMARY KEY,
-    username TEXT NOT NULL REFERENCES users(username),
-    created_at REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    clinic TEXT NOT NULL REFERENCES clinics(name),
-    orthanc_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS studies_by_clinic ON studies(clinic);
-CREATE INDEX IF NOT EXISTS studies_by_orthanc_id ON studies(orthanc_id);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL REFERENCES studies(study_uid)
-);
-"""
-
-# Columns added after schema 1 (ALTER TABLE ... ADD COLUMN works on SQLite and PostgreSQL alike).
-_USER_COLUMNS_V2 = {
-    "failed_logins": "INTEGER NOT NULL DEFAULT 0",
-    "locked_until": "REAL",
-    "totp_secret": "TEXT",
-    "password_changed_at": "TEXT",
-}
-
-
-class StoreError(Exception):
-    """A store operation was refused (duplicate, unknown name); the message says which value."""
-
-
-@dataclass(frozen=True)
-class Clinic:
-    name: str
-    aets: tuple[str, ...]
-    created_at: str
-    revoked_at: str | None = None
-    move_host: str | None = None
-    move_port: int | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-@dataclass(frozen=True)
-class CertificateRecord:
-    serial: str
-    clinic: str
-    subject: str
-    fingerprint_sha256: str
-    not_before: str
-    not_after: str
-    revoked_at: str | None = None
-
-
-@dataclass(frozen=True)
-class User:
-    username: str
-    password_hash: str
-    role: str
-    clinic: str | None
-    disabled: bool
-    created_at: str
-    failed_logins: int = 0
-    locked_until: float | None = None  # epoch seconds
-    totp_secret: str | None = None
-    password_changed_at: str | None = None
-
-
-@dataclass(frozen=True)
-class Session:
-    token_hash: str
-    username: str
-    created_at: float  # epoch seconds
-    last_seen: float
-    expires_at: float  # absolute expiry
-
-
-@dataclass(frozen=True)
-class StudyOwner:
-    study_uid: str
-    clinic: str
-    orthanc_id: str
-    source: str
-    created_at: str
-
-
-_USER_FIELDS = ("username, password_hash, role, clinic, disabled, created_at, failed_logins, locked_until, "
-                "totp_secret, password_changed_at")
-
-
-def _user(row: tuple) -> User:
-    return User(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], row[7], row[8], row[9])
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+# The records stay importable from here too (importers not yet moved to ``records``).
+from securepacs.store.records import (
+    USER_FIELDS,
+    CertificateRecord,
+    Clinic,
+    Session,
+    StoreError,
+    StudyOwner,
+    User,
+    user_from_row,
+    utcnow,
+)
+from securepacs.store.sql_schema import apply_schema
 
 
 class Store:
@@ -172,19 +49,7 @@ class Store:
             os.chmod(self.path, 0o600)
             _match_owner(self.path, self.path.parent)
         with self._tx() as db:
-            # executescript() would commit our transaction first; run the statements one by one instead.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            existing = {row[1] for row in db.execute("PRAGMA table_info(users)").fetchall()}
-            for column, spec in _USER_COLUMNS_V2.items():
-                if column not in existing:
-                    db.execute(f"ALTER TABLE users ADD COLUMN {column} {spec}")
-            db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = ?",
-                (str(SCHEMA_VERSION), str(SCHEMA_VERSION)),
-            )
-            db.execute("INSERT INTO meta(key, value) VALUES ('generation', '0') ON CONFLICT(key) DO NOTHING")
+            apply_schema(db)
 
     def close(self) -> None:
         with self._lock:
@@ -344,17 +209,17 @@ class Store:
 
     def get_user(self, username: str) -> User | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_USER_FIELDS} FROM users WHERE username = ?",  # noqa: S608 (constant column list)
+            row = self._db.execute(f"SELECT {USER_FIELDS} FROM users WHERE username = ?",  # noqa: S608 (constant column list)
                                    (username,)).fetchone()
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     def list_users(self, clinic: str | None = None) -> list[User]:
-        sql, args = f"SELECT {_USER_FIELDS} FROM users", ()  # noqa: S608 (constant column list)
+        sql, args = f"SELECT {USER_FIELDS} FROM users", ()  # noqa: S608 (constant column list)
         if clinic is not None:
             sql, args = sql + " WHERE clinic = ?", (clinic,)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY username", args).fetchall()
-        return [_user(r) for r in rows]
+        return [user_from_row(r) for r in rows]
 
     def count_users(self, role: str | None = None) -> int:
         with self._lock:

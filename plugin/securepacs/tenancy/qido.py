@@ -16,8 +16,10 @@ from typing import Any
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
-from securepacs.tenancy import find_engine
-from securepacs.tenancy.find_engine import COMPUTED_TAGS, VISIBLE_TAGS, Match, QueryEngine, make_element, vr_of
+from securepacs.tenancy import find_identifier
+from securepacs.tenancy.find_engine import QueryEngine
+from securepacs.tenancy.find_identifier import COMPUTED_TAGS, VISIBLE_TAGS, make_element, vr_of
+from securepacs.tenancy.find_matcher import Match
 
 LEVELS = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
 _HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -45,7 +47,7 @@ SPECIFIC_CHARACTER_SET, INSTANCE_AVAILABILITY, RETRIEVE_URL = _kw("SpecificChara
                                                                   "RetrieveURL")
 STUDY_UID, SERIES_UID, SOP_UID = _kw("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 STUDY_DATE, STUDY_TIME, SERIES_NUMBER, INSTANCE_NUMBER = _kw("StudyDate", "StudyTime", "SeriesNumber", "InstanceNumber")
-RETRIEVE_AE_TITLE = find_engine.RETRIEVE_AE_TITLE
+RETRIEVE_AE_TITLE = find_identifier.RETRIEVE_AE_TITLE
 
 
 class QidoError(ValueError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from securepacs.access.principal import CLINIC_DEVICE, Principal
 from securepacs.dicom.identifiers import LEVEL_KEY, QR_LEVELS
-from securepacs.pki.authority import CLINIC_NAME_RE
+from securepacs.pki.certificates import CLINIC_NAME_RE
 from securepacs.tenancy.ownership import Tenancy
 
 LEVELS = QR_LEVELS

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from securepacs.client import ClientError, Connection, TlsConfig, create_context, echo
 from securepacs.config.gateway_settings import GatewayConfig
-from securepacs.gateway import pdu
+from securepacs.gateway import associate_pdu, pdu
 from securepacs_tools.bench.common import BENCH_AET, SERVER_AET, Credentials
 from securepacs_tools.bench.model import EchoRun
 from securepacs_tools.bench.processes import Running, status_kb
@@ -81,9 +81,9 @@ def handshake_ms(run: Running, ctx: ssl.SSLContext, version: str) -> float:
     return elapsed
 
 
-_ASSOCIATE_RQ = pdu.build_associate(
+_ASSOCIATE_RQ = associate_pdu.build_associate(
     pdu.A_ASSOCIATE_RQ, SERVER_AET, BENCH_AET,
-    [pdu.PresentationContext(1, VERIFICATION, (IMPLICIT_LE,))],
+    [associate_pdu.PresentationContext(1, VERIFICATION, (IMPLICIT_LE,))],
 )
 
 
