@@ -14,13 +14,15 @@ from securepacs.cli import (
     client_cmd,
     clinic_cmd,
     gateway_cmd,
+    ohif_cmd,
     pki_cmd,
     serve_cmd,
     user_cmd,
 )
 
 # Each command module exposes ``register(subparsers)``; its parser sets ``func(args) -> int``.
-COMMAND_MODULES = (serve_cmd, gateway_cmd, pki_cmd, clinic_cmd, user_cmd, audit_cmd, client_cmd, bench_cmd)
+COMMAND_MODULES = (serve_cmd, gateway_cmd, pki_cmd, clinic_cmd, user_cmd, audit_cmd, client_cmd, ohif_cmd,
+                   bench_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
